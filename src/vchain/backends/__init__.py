@@ -1,0 +1,1 @@
+"""Backends, one module per vendor: `vchain.backends.openai`, `vchain.backends.wan`."""

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SCHEMA = Path(__file__).parent / "data" / "openapi-subset.json"
+API_KEY = "sk-test-SECRET-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_openai_env(monkeypatch):
+    """Tests never see a developer's real key or server."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def server():
+    from vchain.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer(schema_path=SCHEMA) as fake:
+        yield fake
+    assert all(not r.schema_errors for r in fake.requests), [r.schema_errors for r in fake.requests]
+
+
+@pytest.fixture
+def client(server):
+    import openai
+
+    return openai.OpenAI(api_key=API_KEY, base_url=server.base_url, max_retries=2, timeout=5.0)
