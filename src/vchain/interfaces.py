@@ -79,6 +79,13 @@ class VideoGenerator(ABC):
     def sample(self, prompt: str, *, seed: int | None = None, **overrides) -> list[Image.Image]:
         """Sample one video for `prompt`; `overrides` replace sampling settings for this call only."""
 
+    def prompt_tokens(self, prompt: str) -> tuple[int, int] | None:
+        """(tokens in `prompt`, tokens the text encoder takes), or None if the generator cannot tell.
+
+        The pipeline uses it to keep the composite prompt within the encoder's window.
+        """
+        return None
+
     def save_video(self, frames: Sequence[Image.Image], path: str | Path) -> Path:
         """Write `frames` as an mp4 at this generator's frame rate."""
         from vchain.video import write_video

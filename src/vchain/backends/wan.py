@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -105,7 +106,8 @@ class WanVideoGenerator(VideoGenerator):
     def __init__(self, pipeline, **sampling):
         self.pipeline = pipeline
         self.config = self._checked(WanSamplingConfig(**sampling))
-        self._cache_enabled: str | None = None
+        self.model_id: str | None = getattr(pipeline, "name_or_path", None)
+        self.last_timings: dict[str, float] = {}
 
     @classmethod
     def from_pretrained(
@@ -187,6 +189,15 @@ class WanVideoGenerator(VideoGenerator):
         """Sample one video. Returns PIL frames (`output_type="pil"`), or the latents (`"latent"`)."""
         config = self.sampling_config(**overrides)
         generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        marks = {"start": time.perf_counter()}
+
+        def mark_denoised(pipeline, step, timestep, tensors):
+            if step == config.num_inference_steps - 1:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # once per video, so the split below is honest
+                marks["denoised"] = time.perf_counter()
+            return tensors
+
         with self._step_cache(config):
             result = self.pipeline(
                 prompt=prompt,
@@ -200,7 +211,14 @@ class WanVideoGenerator(VideoGenerator):
                 generator=generator,
                 max_sequence_length=config.max_sequence_length,
                 output_type=output_type,
+                callback_on_step_end=mark_denoised,
             )
+        end = time.perf_counter()
+        denoised = marks.get("denoised", end)
+        self.last_timings = {
+            "denoise": round(denoised - marks["start"], 3),
+            "decode": round(end - denoised, 3),
+        }
         frames = result.frames
         return frames if output_type == "latent" else list(frames[0])
 
@@ -218,6 +236,10 @@ class WanVideoGenerator(VideoGenerator):
         finally:
             for transformer in self.transformers:
                 transformer.disable_cache()
+
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        ids = self.pipeline.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return len(ids), self.config.max_sequence_length
 
     # -- encoders, for tuners
 
@@ -497,8 +519,6 @@ class WanLoRATuner(Tuner):
         return WanLoRAAdapter.load(directory, merge=self.config.merge_for_sampling)
 
     def tune(self, generator: WanVideoGenerator, pairs: Sequence[tuple[Image.Image, str]]) -> WanLoRAAdapter:
-        import time
-
         config = self.config
         images, captions = _check_pairs(pairs)
         height, width = config.height or generator.height, config.width or generator.width
