@@ -74,7 +74,7 @@ def test_help_lists_every_command(capsys):
 
 def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}, "OMP_NUM_THREADS": "1"}
-    # accelerate's torchrun launcher (`--multi_gpu`); on a machine without GPUs the processes form a CPU group.
+    # accelerate's torchrun launcher (`--multi_gpu`): without GPUs the processes form a CPU group.
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
