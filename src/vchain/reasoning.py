@@ -101,6 +101,7 @@ def reason(
         plan = _call(meter, config, "plan", None, reasoner.plan, prompt)
         chain = ThoughtChain.from_plan(prompt, plan)
         notify(chain)
+        logger.info("Planned %r: %s", chain.name, plan.consequences)
 
     frame = {"width": config.width, "height": config.height}
     if not chain.images:
@@ -117,6 +118,7 @@ def reason(
         image = _call(meter, config, "edit", index, image_backend.edit, references, instruction, **frame)
         chain.append(answer.caption, fit_to_frame(image, **frame))
         notify(chain)
+        logger.info("Keyframe %d%s: %s", index, " (last)" if answer.is_last else "", answer.caption)
         if answer.is_last:
             return ReasoningResult(chain, "model")
 
