@@ -111,15 +111,6 @@ class ThoughtChain:
         return cls(input_prompt=prompt, **plan.model_dump())
 
     @property
-    def plan(self) -> ScenePlan:
-        return ScenePlan(
-            thoughts=self.thoughts,
-            consequences=self.consequences,
-            context_frame=self.context_frame,
-            concise_prompt=self.concise_prompt,
-        )
-
-    @property
     def captions(self) -> list[str]:
         """One caption per image: the concise prompt, then each keyframe caption."""
         return [self.concise_prompt, *self.key_frames]
