@@ -82,9 +82,7 @@ def build(preset: Preset, device: str, dtype: torch.dtype):
                        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
         ).to(dtype)  # fmt: skip
     # Token ids do not change the cost: a small tokenizer padding to the same 512 tokens is equivalent.
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     pipe = WanPipeline(
         tokenizer=tiny_tokenizer(),
         text_encoder=text_encoder,
@@ -102,14 +100,10 @@ def sync(device: str) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--tune-steps", type=int, default=None, help="override the preset's (default schedule)"
-    )
+    parser.add_argument("--tune-steps", type=int, default=None, help="override the preset's (default schedule)")
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
     args = parser.parse_args(argv)
@@ -136,9 +130,7 @@ def main(argv=None) -> dict:
     # -- tuning
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    tuner = WanLoRATuner(
-        steps=steps, gradient_checkpointing=preset.gradient_checkpointing, log_every=max(1, steps)
-    )
+    tuner = WanLoRATuner(steps=steps, gradient_checkpointing=preset.gradient_checkpointing, log_every=max(1, steps))
     sync(device)
     start = time.perf_counter()
     adapter = tuner.tune(generator, pairs)
@@ -152,9 +144,7 @@ def main(argv=None) -> dict:
         "fine_tune_s": fine_tune,
         "total_s": round(tune_total, 3),
         "per_100_steps_s": round(100 * fine_tune / steps, 3),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if device.startswith("cuda")
-        else None,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
         "trainable_parameters": adapter.report.trainable_parameters,
         "flops": steps * step_flops,
     }

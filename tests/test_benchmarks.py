@@ -2,9 +2,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location(
-    "bench_wan", Path(__file__).parents[1] / "benchmarks" / "bench_wan.py"
-)
+spec = importlib.util.spec_from_file_location("bench_wan", Path(__file__).parents[1] / "benchmarks" / "bench_wan.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["bench_wan"] = bench  # dataclasses look their module up
 spec.loader.exec_module(bench)

@@ -103,12 +103,12 @@ def test_save_writes_the_paper_layout_and_load_round_trips(tmp_path):
         assert a.tobytes() == b.tobytes()
 
 
-def test_load_drops_a_caption_whose_image_never_landed(tmp_path):
+def test_load_refuses_a_chain_whose_image_is_missing(tmp_path):
     chain = make_chain(3)
     chain.save(tmp_path)
-    (tmp_path / f"{chain.name}_2.png").unlink()
-    loaded = ThoughtChain.load(tmp_path)
-    assert len(loaded.images) == 2 and loaded.key_frames == chain.key_frames[:1]
+    (tmp_path / f"{chain.name}_1.png").unlink()
+    with pytest.raises(VChainError, match=rf"{chain.name}_1\.png' does not exist.*--overwrite"):
+        ThoughtChain.load(tmp_path)
 
 
 def test_load_reports_missing_and_unreadable_files(tmp_path):
@@ -117,8 +117,16 @@ def test_load_reports_missing_and_unreadable_files(tmp_path):
     chain = make_chain(2)
     chain.save(tmp_path)
     (tmp_path / f"{chain.name}_1.png").write_bytes(b"not a png")
-    with pytest.raises(VChainError, match="cannot read image"):
+    with pytest.raises(VChainError, match="does not decode"):
         ThoughtChain.load(tmp_path)
+
+
+def test_save_overwrites_an_older_image_of_the_same_name(tmp_path):
+    chain = make_chain(2)
+    stale = draw_image("stale", 32, 16)
+    stale.save(tmp_path / f"{chain.name}_1.png")
+    chain.save(tmp_path)
+    assert ThoughtChain.load(tmp_path).images[1].tobytes() == chain.images[1].tobytes()
 
 
 def test_plan_only_chain_saves_and_loads(tmp_path):

@@ -1,15 +1,32 @@
+"""The `vchain` command, in process and as a subprocess, on the local OpenAI stand-in and the tiny models."""
+
 import json
 import os
 import subprocess
 import sys
 
+import imageio.v3 as iio
+import pytest
+
 from vchain.cli import main
+from vchain.testing import tiny_wan_pipeline
+
+TINY = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "2", "--dtype", "float32"]
+
+
+def env_without_openai():
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_wan")
+    tiny_wan_pipeline().save_pretrained(folder)
+    return str(folder)
 
 
 def test_think_in_process_against_a_local_server(server, tmp_path, capsys):
-    code = main(
-        ["think", "An egg is dropped onto a pillow.", "-o", str(tmp_path), "--base-url", server.base_url]
-    )
+    code = main(["think", "An egg is dropped onto a pillow.", "-o", str(tmp_path), "--base-url", server.base_url])
     assert code == 0
     assert "3 keyframes" in capsys.readouterr().out
     assert (tmp_path / "chain.json").is_file() and (tmp_path / "metadata.csv").is_file()
@@ -17,64 +34,153 @@ def test_think_in_process_against_a_local_server(server, tmp_path, capsys):
 
 
 def test_think_as_a_subprocess_without_a_key_fails_fast_naming_it(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     result = subprocess.run(
-        [sys.executable, "-m", "vchain.cli", "think", "p", "-o", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "OPENAI_API_KEY" in result.stderr
-    assert not (tmp_path / "manifest.json").exists()
+        [sys.executable, "-m", "vchain.cli", "think", "p", "-o", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env_without_openai(), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "run").exists()  # nothing was run, nothing is left
 
 
-def test_empty_prompt_is_a_usage_error(server, tmp_path, capsys):
-    assert main(["think", "  ", "-o", str(tmp_path), "--base-url", server.base_url]) == 2
+def test_an_empty_prompt_is_reported_before_the_missing_key(tmp_path, capsys):
+    assert main(["think", "  ", "-o", str(tmp_path / "run")]) == 2
     assert "prompt must be a non-empty string" in capsys.readouterr().err
 
 
-def test_demo_runs_every_stage_and_says_its_models_are_random(tmp_path, capsys):
-    import imageio.v3 as iio
-
+def test_demo_runs_every_stage_and_a_second_run_reuses_it(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "RANDOM" in out
     assert iio.imread(tmp_path / "video.mp4").shape[0] == 17
     stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
     assert all(stages[s]["status"] == "done" and stages[s]["total_seconds"] > 0 for s in stages)
+    manifest = (tmp_path / "manifest.json").read_bytes()
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "manifest.json").read_bytes() == manifest  # the same command: nothing ran
 
 
-def test_generate_without_a_key_fails_fast_naming_it(tmp_path):
-    import time
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    start = time.monotonic()
-    command = [sys.executable, "-m", "vchain.cli", "generate", "An egg falls.", "-o", str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
-    assert time.monotonic() - start < 60  # no model was loaded
+def test_demo_with_another_seed_samples_again(tmp_path):
+    assert main(["demo", "-o", str(tmp_path)]) == 0
+    before = iio.imread(tmp_path / "video.mp4")
+    assert main(["demo", "-o", str(tmp_path), "--seed", "7"]) == 0
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["stages"]["sampling"]["seed"] == 7 and m["stages"]["tuning"]["inputs"]["tuner"]["config"]["seed"] == 7
+    assert not (iio.imread(tmp_path / "video.mp4") == before).all()
 
 
-def test_generate_rejects_bad_sizes_before_loading(server, tmp_path, capsys):
-    code = main(["generate", "p", "-o", str(tmp_path), "--variant", "t2v", "--frames", "80"])
-    assert code == 2 and "num_frames must be 4k+1" in capsys.readouterr().err
+def test_generate_without_a_key_fails_before_loading_any_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("vchain.backends.wan.WanVideoGenerator.from_pretrained", lambda *a, **k: pytest.fail())
+    assert main(["generate", "An egg falls.", "-o", str(tmp_path)]) == 2
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
 
 
-def test_help_lists_every_command(capsys):
-    import pytest
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "80"], "num_frames must be 4k+1"),
+        (["--guidance", "nan"], "guidance_scale must be a finite number, got nan"),
+        (["--height", "33"], "height must be a multiple of 16, got 33"),
+        (["--rank", "0"], "rank must be greater than or equal to 1, got 0"),
+        (["--lr", "inf"], "learning_rate must be a finite number, got inf"),
+        (["--seed", "1180591620717411303424"], "seed must be None or an integer in [0, 2**63)"),
+        (["--device", "cuda"], "--device cuda: this torch has no usable CUDA device"),
+        (["--device", "tpu"], "--device must be"),
+    ],
+)
+def test_generate_rejects_bad_settings_before_loading(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setattr("vchain.backends.wan.WanVideoGenerator.from_pretrained", lambda *a, **k: pytest.fail())
+    assert main(["generate", "p", "-o", str(tmp_path / "run"), "--variant", "t2v", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
+
+def test_generate_t2v_on_a_saved_tiny_wan_then_sample_with_another_seed(tiny_wan, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["generate", "An egg falls.", "-o", run, "--variant", "t2v", "--model", tiny_wan, *TINY]) == 0
+    first = iio.imread(tmp_path / "run" / "video.mp4")
+    assert first.shape[:3] == (5, 32, 32)
+    # `vchain sample` takes the recorded settings; only the seed changes, so only sampling runs.
+    assert main(["sample", "-o", run, "--seed", "3"]) == 0
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert (
+        m["stages"]["sampling"]["seed"] == 3 and m["stages"]["sampling"]["inputs"]["generator"]["model_id"] == tiny_wan
+    )
+    assert not (iio.imread(tmp_path / "run" / "video.mp4") == first).all()
+
+
+def test_tune_with_a_new_rank_tunes_again_and_says_where_the_adapter_is(tiny_wan, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["demo", "-o", run]) == 0
+    capsys.readouterr()
+    assert main(["tune", "-o", run, "--model", tiny_wan, "--rank", "4", "--tune-steps", "3", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"adapter in {run}/lora" in out
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["stages"]["tuning"]["inputs"]["tuner"]["config"]["rank"] == 4
+    assert m["stages"]["sampling"]["status"] == "done"  # the old video stays until sampling runs again
+
+
+def test_tune_and_sample_need_a_run_folder(tmp_path, capsys):
+    assert main(["tune", "-o", str(tmp_path / "none")]) == 2
+    assert "no run in" in capsys.readouterr().err
+
+
+def test_a_busy_folder_is_refused_at_once(tmp_path, capsys):
+    from vchain.run import RunDirectory
+
+    with RunDirectory(tmp_path, "An egg is dropped onto a pillow."):
+        code = subprocess.run(
+            [sys.executable, "-m", "vchain.cli", "demo", "-o", str(tmp_path)],
+            capture_output=True, text=True, env=env_without_openai(), timeout=120,
+        )  # fmt: skip
+    assert code.returncode == 2 and "is in use by another vchain process" in code.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "-o", "{file}"], "is a file, not a folder"),
+        (["suite", "-o", "{dir}", "--demo", "--cases", "1,1"], "--cases names a case twice"),
+        (["suite", "-o", "{dir}", "--demo", "--cases", "25"], "--cases must be case numbers 0-19"),
+        (["suite", "-o", "{dir}", "--demo", "--height", "64"], "--height do(es) not apply"),
+    ],
+)
+def test_bad_folders_and_options_are_usage_errors(tmp_path, capsys, args, message):
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(file=tmp_path / "afile", dir=tmp_path / "suite") for a in args]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_empty_output_folder_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "-o", ""])
+    assert exit_.value.code == 2 and "output_dir must be a folder path, got ''" in capsys.readouterr().err
+
+
+def test_verbose_works_before_and_after_the_command(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "-o", str(tmp_path / "afile"), "-v"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["-v", "demo", "-o", str(tmp_path / "afile")]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_help_lists_every_command_and_flags_show_the_config_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
     for command in ("think", "generate", "tune", "sample", "suite", "demo"):
         assert command in out
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "LoRA rank (default: 16)" in out and "optimizer steps (default: 300)" in out
+    assert "(default: 8)" in out  # --max-keyframes, from ReasoningConfig
 
 
 def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}, "OMP_NUM_THREADS": "1"}
-    # accelerate's torchrun launcher (`--multi_gpu`): without GPUs the processes form a CPU group.
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
         *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
@@ -86,13 +192,13 @@ def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
             str(tmp_path),
             "--demo",
             "--cases",
-            "0,13",
+            "4,13",
             "--variants",
             "vchain",
             "t2v",
         ),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=env_without_openai(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     shards = [json.loads(p.read_text()) for p in sorted((tmp_path / ".shards").glob("process_*.json"))]
     assert len(shards) == 2 and all(shards)
@@ -101,4 +207,7 @@ def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
     assert all(entry["status"] == "done" for shard in shards for entry in shard)
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(summary) == 5 and all(",done," in line for line in summary[1:])
-    assert len(list(tmp_path.glob("*/*/video.mp4"))) == 4
+    # Folders are named by case number, whatever the selection.
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "summary"))) == [
+        "04_a_steel_ball_is_dropped_into_water", "13_an_egg_is_dropped_onto_a_pillow",
+    ]  # fmt: skip

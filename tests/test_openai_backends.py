@@ -133,24 +133,31 @@ def test_partial_run_resumes_with_no_repeated_requests(server, client, tmp_path)
 
     chain = pipe.think(PROMPT, output_dir=tmp_path)
     assert len(chain.images) == 3
-    # The plan and the first image were not asked again; the failed keyframe was.
+    # Nothing paid for was asked again: the plan, the first image, and the first keyframe's caption
+    # (kept in the manifest when its edit failed); the failed edit was.
     assert len(server.requests_to("generate")) == 1
-    assert len(server.requests_to("chat")) == 2 + 2  # the first keyframe's caption was never saved
+    assert len(server.requests_to("chat")) == 2 + 1
     assert len(server.requests_to("edit")) == 3 + 2
     pipe.think(PROMPT, output_dir=tmp_path)
-    assert len(server.requests) == 4 + 1 + 5
+    assert len(server.requests) == 3 + 1 + 5
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["usage"]["requests"] == len(manifest["calls"]) == len(server.requests)
+    assert [c["outcome"] for c in manifest["calls"] if c["step"] == "edit"][:3] == ["failed"] * 3
 
 
 def test_manifest_records_usage_and_never_the_key(server, client, tmp_path):
     pipe_for(client).think(PROMPT, output_dir=tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    api = manifest["api"]
-    assert api["calls"] == 6 and api["input_tokens"] > 0 and api["images_out"] == 3
-    assert set(api["seconds_by_step"]) == {"plan", "generate", "perception", "edit"}
-    assert manifest["models"]["reasoner"] == {"class": "OpenAIReasoner", "model": "gpt-4o"}
-    assert manifest["stages"]["reasoning"]["detail"]["stop_reason"] == "model"
+    usage = manifest["usage"]
+    assert usage["calls"] == usage["requests"] == 6 and usage["input_tokens"] > 0 and usage["images_out"] == 3
+    assert set(usage["seconds_by_step"]) == {"plan", "generate", "perception", "edit"}
+    assert manifest["stages"]["reasoning"]["inputs"]["reasoner"] == {
+        "class": "OpenAIReasoner", "model": "gpt-4o", "temperature": None, "image_detail": "auto"
+    }  # fmt: skip
+    assert manifest["stages"]["reasoning"]["stop_reason"] == "model"
     for path in tmp_path.rglob("*"):
-        assert API_KEY.encode() not in path.read_bytes(), path
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
 
 
 def test_augment_prompt_returns_the_rewrite(server, client):

@@ -7,6 +7,8 @@ On disk a chain is the pair of artifacts the VChain paper describes, plus the im
 - `metadata.csv`: `"file_name","text"` rows pairing `<name>_<i>.png` with its caption (the Hugging Face
   ImageFolder convention, so the folder loads with `datasets.load_dataset("imagefolder", ...)`),
 - `<name>_0.png`, `<name>_1.png`, ...
+
+`chain.json` is the record: `metadata.csv` is written from it for other tools and never read back.
 """
 
 from __future__ import annotations
@@ -21,17 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vchain import _io
 from vchain.errors import ConfigurationError, VChainError
+from vchain.images import UnreadableImageError, read_image
 
 CHAIN_FILE = "chain.json"
 METADATA_FILE = "metadata.csv"
 MAX_NAME_LENGTH = 40
 
 
-class ScenePlan(BaseModel):
+class _Answer(BaseModel):
+    """A structured model answer: every string must say something."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_blank(cls, value, info):
+        if isinstance(value, str) and not value.strip() and info.field_name != "problem":
+            raise ValueError(f"{info.field_name} must not be blank")
+        return value.strip() if isinstance(value, str) else value
+
+
+class ScenePlan(_Answer):
     """What the reasoner infers from the prompt before any image exists."""
 
     thoughts: str = Field(
@@ -48,7 +62,7 @@ class ScenePlan(BaseModel):
     concise_prompt: str = Field(description="The context frame in one short sentence.")
 
 
-class NextKeyframe(BaseModel):
+class NextKeyframe(_Answer):
     """The reasoner's answer for one step of the chain."""
 
     caption: str = Field(
@@ -58,6 +72,21 @@ class NextKeyframe(BaseModel):
     is_last: bool = Field(
         description="True when this keyframe completes the consequences, or nothing significant follows it."
     )
+
+
+class KeyframeVerdict(_Answer):
+    """A verifier's judgement of one candidate keyframe against its caption and the chain so far."""
+
+    matches: bool = Field(description="True when the image shows what the caption describes.")
+    problem: str = Field(
+        description="When it does not match: what is wrong and what the image should show. Empty otherwise."
+    )
+
+
+class AugmentedPrompt(_Answer):
+    """A rewritten prompt, as a structure for backends that constrain every answer to a schema."""
+
+    prompt: str = Field(description="The rewritten prompt, one detailed paragraph.")
 
 
 def chain_name(prompt: str) -> str:
@@ -75,6 +104,26 @@ def chain_name(prompt: str) -> str:
     digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8]
     head = name[: MAX_NAME_LENGTH - 9].rstrip("_")
     return f"{head}_{digest}" if head else f"chain_{digest}"
+
+
+def check_prompt(prompt: object, name: str = "prompt") -> str:
+    """The prompt stripped; a `ConfigurationError` naming `name` unless it is a non-empty string."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigurationError(f"{name} must be a non-empty string, got {prompt!r}")
+    return prompt.strip()
+
+
+class _ChainFields(BaseModel):
+    """The fields of one `chain.json` entry, checked strictly when a chain is read back."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    input_prompt: str
+    thoughts: str
+    consequences: str
+    context_frame: str
+    concise_prompt: str
+    key_frames: list[str]
 
 
 @dataclass
@@ -95,8 +144,7 @@ class ThoughtChain:
     name: str = ""
 
     def __post_init__(self):
-        if not self.input_prompt or not self.input_prompt.strip():
-            raise ConfigurationError(f"input_prompt must be a non-empty string, got {self.input_prompt!r}")
+        self.input_prompt = check_prompt(self.input_prompt, "input_prompt")
         self.name = self.name or chain_name(self.input_prompt)
         if not re.fullmatch(r"[a-z0-9_]{1,64}", self.name):
             raise ConfigurationError(f"name must match [a-z0-9_]{{1,64}}, got {self.name!r}")
@@ -136,7 +184,7 @@ class ThoughtChain:
     def append(self, caption: str, image: Image.Image) -> None:
         if not self.images:
             raise VChainError("the first image (the context frame) must exist before a keyframe is appended")
-        self.key_frames.append(caption)
+        self.key_frames.append(check_prompt(caption, "caption"))
         self.images.append(image)
 
     def to_json(self) -> dict:
@@ -153,16 +201,15 @@ class ThoughtChain:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write `chain.json`, `metadata.csv` and the images into `directory` (created if needed).
+        """Write the images, then `metadata.csv`, then `chain.json` into `directory` (created if needed).
 
-        Images already on disk under their names are not rewritten. Every write is atomic.
+        Every write is atomic, and `chain.json` comes last: a caption is on disk only once its image is,
+        so a crash never leaves a caption paired with an older image.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for image, file_name in zip(self.images, self.file_names, strict=False):
-            path = directory / file_name
-            if not path.exists():
-                _io.atomic_write(path, lambda f, im=image: im.save(f, format="PNG"))
+            _io.atomic_write(directory / file_name, lambda f, im=image: im.save(f, format="PNG"))
         if self.images:
             rows = io.StringIO()
             writer = csv.writer(rows, quoting=csv.QUOTE_ALL, lineterminator="\n")
@@ -173,41 +220,52 @@ class ThoughtChain:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> ThoughtChain:
-        """Read a chain written by `save` (or by the paper's code: same JSON, same file names)."""
+    def load(cls, directory: str | Path, *, with_images: bool | None = None) -> ThoughtChain:
+        """Read a chain written by `save` (or by the paper's code: same JSON, same file names).
+
+        Args:
+            with_images: True requires every image `chain.json` implies; False reads the plan only;
+                None (default) reads the images when the first one exists (a chain still being planned
+                has none) and then requires all of them.
+
+        Raises `VChainError` naming the file and what is wrong: a missing or malformed `chain.json`, a
+        missing or unreadable image.
+        """
         directory = Path(directory)
         path = directory / CHAIN_FILE
         if not path.is_file():
             raise VChainError(f"no {CHAIN_FILE} in {str(directory)!r}: not a saved ThoughtChain")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or len(data) != 1:
-            raise VChainError(f"{str(path)!r} must hold one object keyed by the chain's name")
-        ((name, fields),) = data.items()
+        redo = "restore it from a copy, or redo reasoning (overwrite=True / --overwrite)"
         try:
-            text = {key: fields[key] for key in ScenePlan.model_fields}
-            chain = cls(
-                name=name, input_prompt=fields["input_prompt"], key_frames=list(fields["key_frames"]), **text
-            )
-        except (KeyError, TypeError) as e:
-            raise VChainError(f"{str(path)!r} lacks a field of the chain layout: {e}") from e
-        images = []
-        for file_name in chain.file_names:
-            image_path = directory / file_name
-            if not image_path.is_file():
-                break
-            images.append(_open_image(image_path))
-        if images and len(images) < len(chain.captions):
-            # A crash between writing a caption and its image: drop the captions with no image.
-            chain.key_frames = chain.key_frames[: len(images) - 1]
-        chain.images = images
-        if not images:
-            chain.key_frames = []
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise VChainError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {redo}") from e
+        if not isinstance(data, dict) or len(data) != 1:
+            raise VChainError(f"{str(path)!r} must hold one object keyed by the chain's name; {redo}")
+        ((name, entry),) = data.items()
+        try:
+            fields = _ChainFields.model_validate(entry)
+            chain = cls(name=name, **fields.model_dump())
+        except (ValidationError, ConfigurationError) as e:
+            raise VChainError(f"{str(path)!r} does not hold the chain layout: {_first_errors(e)}; {redo}") from e
+        first = directory / chain.file_names[0]
+        if with_images is None:
+            with_images = first.exists() or bool(chain.key_frames)
+        if with_images:
+            images = []
+            for file_name in chain.file_names:
+                try:
+                    images.append(read_image(directory / file_name))
+                except UnreadableImageError as e:
+                    raise VChainError(f"chain {name!r} in {str(directory)!r}: {e}; {redo}") from e
+            chain.images = images
         return chain
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as e:
-        raise VChainError(f"cannot read image {str(path)!r}: {e}") from e
+def _first_errors(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}, got {e.get('input')!r}"[:200]
+            for e in error.errors()[:3]
+        )
+    return str(error)

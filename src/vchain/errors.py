@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from vchain._redact import redact
+
 
 class VChainError(Exception):
-    """Base class of every error vchain raises on purpose."""
+    """Base class of every error vchain raises on purpose. Messages never hold a registered secret."""
+
+    def __init__(self, *args):
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(VChainError, ValueError):
@@ -38,3 +43,7 @@ class RefusalError(VChainError):
 
 class BackendError(VChainError):
     """A backend call failed after its own retries (network, rate limit, server error)."""
+
+
+class NumericalError(VChainError):
+    """A model produced non-finite numbers (a diverged adapter, say); nothing built on them was kept."""

@@ -1,12 +1,53 @@
-"""Image helpers of the reasoning stage: fitting images to the video frame, stitching the chain."""
+"""Image helpers: reading images safely, fitting them to the video frame, stitching the chain."""
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from vchain.errors import ConfigurationError
+from vchain.errors import ConfigurationError, VChainError
+
+# The largest image vchain decodes: 64 megapixels, far above any image model's output (gpt-image-1
+# returns at most 1536x1024) yet small enough that a hostile "decompression bomb" (a tiny file that
+# expands to gigabytes) is refused from its header, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 64 * 2**20
+
+
+class UnreadableImageError(VChainError):
+    """An image file or payload that does not decode, or is larger than `MAX_IMAGE_PIXELS`."""
+
+
+def read_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a file path or encoded bytes into a fully loaded RGB image.
+
+    The size is checked from the header before decoding, so an oversized image costs nothing.
+    Raises `UnreadableImageError` saying what is wrong (not a file, not an image, truncated, too big).
+    """
+    name = f"{str(source)!r}" if isinstance(source, (str, Path)) else f"({len(source)} bytes)"
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        reason = "is a folder" if Path(source).is_dir() else "does not exist"
+        raise UnreadableImageError(f"image {name} {reason}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise UnreadableImageError(
+                        f"image {name} is {width}x{height} = {width * height} pixels, over the limit of "
+                        f"{max_pixels} (vchain.images.MAX_IMAGE_PIXELS)"
+                    )
+                return image.convert("RGB")
+    except UnreadableImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise UnreadableImageError(f"image {name} is over the limit of {max_pixels} pixels: {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UnreadableImageError(f"image {name} does not decode: {type(e).__name__}: {e}") from e
 
 
 def fit_to_frame(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -32,9 +73,7 @@ def stitch(images: list[Image.Image], max_pixels: int, *, label: bool = True) ->
     if not images:
         raise ConfigurationError("images must hold at least one image to stitch, got an empty list")
     if max_pixels < len(images):
-        raise ConfigurationError(
-            f"max_pixels must allow a pixel per image, got {max_pixels} for {len(images)}"
-        )
+        raise ConfigurationError(f"max_pixels must allow a pixel per image, got {max_pixels} for {len(images)}")
     width, height = images[0].size
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)

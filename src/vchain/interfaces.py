@@ -14,7 +14,11 @@ Each has one or two required methods; everything else has a default. A custom re
 
 The pipeline does the rest (the loop, stitching, fitting images to the frame, retries, accounting):
 behaviour lives in vchain's stage modules, not in backends. Backends that know their token usage can
-report it with `vchain.accounting.report_usage`.
+report it with `vchain.accounting.report_request`.
+
+`TunableGenerator` is the generator side of stage 2: what the model-agnostic `vchain.tuning.LoRATuner`
+needs from a video model (encoders, denoisers, the training objective). A generator that implements it
+is tuned like Wan; see `docs/generators.md`.
 """
 
 from __future__ import annotations
@@ -23,18 +27,43 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from vchain.errors import VChainError
+from vchain import prompts
+from vchain.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain
+    import torch
+
+    from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
+    from vchain.judging import VideoScores
+    from vchain.tuning import TrainingObjective, TuningReport
 
 
-class Reasoner(ABC):
+class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of its own
+    """What every component shares: how a run folder records it."""
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records of this component: its class and whatever decides its outputs.
+
+        Run folders compare descriptions to decide whether a finished stage can be reused, so include
+        every setting that changes results (model id, sampling settings, seed) and nothing that does
+        not (timeouts, clients, keys: a key must never appear here).
+        """
+        info: dict[str, Any] = {"class": type(self).__name__}
+        for attribute in ("model", "model_id"):
+            value = getattr(self, attribute, None)
+            if isinstance(value, str):
+                info[attribute] = value
+        return info
+
+
+class Reasoner(Component):
     """A multimodal model that plans the scene and predicts the chain's keyframes."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("augment_prompt", "verify_keyframe")
 
     @abstractmethod
     def plan(self, prompt: str) -> ScenePlan:
@@ -50,13 +79,34 @@ class Reasoner(ABC):
 
     def augment_prompt(self, prompt: str) -> str:
         """Rewrite `prompt` into a richer one (the `t2v-prompt-aug` baseline). Optional."""
-        raise VChainError(
-            f"{type(self).__name__} does not implement augment_prompt(), needed by t2v-prompt-aug"
-        )
+        raise self._unsupported("augment_prompt")
+
+    def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
+        """Judge whether `image` shows `caption` and continues `chain` (the keyframes accepted so far).
+
+        Optional; used when `ReasoningConfig(verify_keyframes=True)`.
+        """
+        raise self._unsupported("verify_keyframe")
+
+    def supports(self, method: str) -> bool:
+        """Whether this reasoner implements the optional `method`, known before any call."""
+        if method not in self.OPTIONAL:
+            raise ConfigurationError(f"method must be one of {list(self.OPTIONAL)}, got {method!r}")
+        return getattr(type(self), method) is not getattr(Reasoner, method)
+
+    def _unsupported(self, method: str) -> ConfigurationError:
+        return ConfigurationError(f"{type(self).__name__} does not implement the optional {method}()")
 
 
-class ImageBackend(ABC):
-    """An image model that draws the first keyframe and edits it into the next ones."""
+class ImageBackend(Component):
+    """An image model that draws the first keyframe and edits it into the next ones.
+
+    Attributes:
+        max_references: the most reference images one `edit` call takes (None: no limit). The reasoning
+            loop never passes more: it keeps the first keyframe and the most recent ones.
+    """
+
+    max_references: int | None = None
 
     @abstractmethod
     def generate(self, prompt: str, *, width: int, height: int) -> Image.Image:
@@ -66,18 +116,41 @@ class ImageBackend(ABC):
     def edit(self, images: Sequence[Image.Image], prompt: str, *, width: int, height: int) -> Image.Image:
         """Draw the image `prompt` describes from the reference `images` (oldest first)."""
 
+    def instruction(self, caption: str, problem: str | None = None) -> str:
+        """The edit prompt for a keyframe `caption`; `problem` says what was wrong with a rejected draw.
 
-class VideoGenerator(ABC):
+        The default asks the editor to keep the references' look and change only what the caption
+        says; override it for editors that want plain captions or a different phrasing.
+        """
+        return prompts.edit_instruction(caption, problem)
+
+
+class VideoGenerator(Component):
     """A text-to-video model. `width`, `height`, `num_frames` and `fps` are its sampling defaults."""
 
-    width: int = 832
-    height: int = 480
-    num_frames: int = 81
-    fps: int = 16
+    @property
+    @abstractmethod
+    def width(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def height(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_frames(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def fps(self) -> int: ...
 
     @abstractmethod
     def sample(self, prompt: str, *, seed: int | None = None, **overrides) -> list[Image.Image]:
-        """Sample one video for `prompt`; `overrides` replace sampling settings for this call only."""
+        """Sample one video for `prompt`; `overrides` replace sampling settings for this call only.
+
+        Raise `vchain.errors.NumericalError` when the result is not finite (a broken adapter, say).
+        A generator that can split its time reports it with `vchain.accounting.report_timing`.
+        """
 
     def prompt_tokens(self, prompt: str) -> tuple[int, int] | None:
         """(tokens in `prompt`, tokens the text encoder takes), or None if the generator cannot tell.
@@ -86,15 +159,59 @@ class VideoGenerator(ABC):
         """
         return None
 
-    def save_video(self, frames: Sequence[Image.Image], path: str | Path) -> Path:
-        """Write `frames` as an mp4 at this generator's frame rate."""
-        from vchain.video import write_video
 
-        return write_video(frames, path, fps=self.fps)
+class TunableGenerator(VideoGenerator):
+    """A video generator that a `vchain.tuning.LoRATuner` can tune: the generator side of stage 2.
+
+    The tuner encodes the keyframes and captions once, then at every step draws noise levels, asks the
+    objective for the noisy input and the target, and asks the generator for the denoiser's prediction.
+    Everything model-specific (latent layout, text encoder, positional embeddings, expert routing,
+    the objective) is answered here; the loop, the LoRA and its exact removal are the tuner's.
+
+    Attributes:
+        lora_targets: module-name suffixes of the denoiser's block linears that get the LoRA.
+    """
+
+    lora_targets: tuple[str, ...] = ()
+
+    @abstractmethod
+    def denoisers(self) -> list[torch.nn.Module]:
+        """The modules that get LoRAs: one for most models, two experts for Wan2.2."""
+
+    def denoiser_for(self, level: float) -> int:
+        """Index into `denoisers()` of the one that denoises noise level `level` (0 clean, 1 noise)."""
+        return 0
+
+    @abstractmethod
+    def training_objective(self) -> TrainingObjective:
+        """How noisy inputs and targets are formed for this model (flow matching, v-prediction, ...)."""
+
+    @abstractmethod
+    def encode_keyframes(self, images: Sequence[Image.Image], *, height: int, width: int) -> torch.Tensor:
+        """Latents `[N, ...]` of the images taken as one-frame videos, scaled as the denoiser expects."""
+
+    @abstractmethod
+    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
+        """Text embeddings `[N, L, D]` exactly as sampling computes them (same length and padding)."""
+
+    @abstractmethod
+    def predict(
+        self, denoiser: torch.nn.Module, noisy: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoiser's output for a batch, in the layout of the objective's target."""
+
+    def check_frame(self, height: int, width: int) -> None:
+        """Raise `ConfigurationError` if the model cannot take height x width (used for tuning sizes)."""
 
 
 class Adapter(ABC):
-    """What a tuner produces: a change to a generator that can be applied and removed."""
+    """What a tuner produces: a change to a generator that can be applied and removed.
+
+    Attributes:
+        report: what tuning did (losses, seconds, parameters), or None for an adapter loaded from disk.
+    """
+
+    report: TuningReport | None = None
 
     @abstractmethod
     def apply(self, generator: VideoGenerator) -> AbstractContextManager[None]:
@@ -102,10 +219,10 @@ class Adapter(ABC):
 
     def save(self, directory: str | Path) -> Path:
         """Write the adapter into `directory` so that `Tuner.load_adapter` reads it back. Optional."""
-        raise VChainError(f"{type(self).__name__} cannot be saved")
+        raise ConfigurationError(f"{type(self).__name__} cannot be saved")
 
 
-class Tuner(ABC):
+class Tuner(Component):
     """Turns (keyframe image, caption) pairs into an `Adapter` for a generator, in memory."""
 
     @abstractmethod
@@ -114,12 +231,20 @@ class Tuner(ABC):
 
     def load_adapter(self, directory: str | Path) -> Adapter:
         """Read back what `Adapter.save` wrote. Optional."""
-        raise VChainError(f"{type(self).__name__} cannot load saved adapters")
+        raise ConfigurationError(f"{type(self).__name__} cannot load saved adapters")
 
 
-class Interpolator(ABC):
+class Interpolator(Component):
     """Turns keyframes straight into video frames (the `no-sparse-tuning` ablation)."""
 
     @abstractmethod
     def interpolate(self, keyframes: Sequence[Image.Image], num_frames: int) -> list[Image.Image]:
         """Return `num_frames` frames that pass through the keyframes in order."""
+
+
+class Judge(Component):
+    """A vision-language model that scores a finished video the way the paper's raters did."""
+
+    @abstractmethod
+    def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
+        """Score the video whose sampled `frames` (in order) should show `prompt`, on the six dimensions."""

@@ -25,9 +25,7 @@ class CrossfadeInterpolator(Interpolator):
         if not keyframes:
             raise ConfigurationError("keyframes must hold at least one image, got none")
         if num_frames < len(keyframes):
-            raise ConfigurationError(
-                f"num_frames must be at least the {len(keyframes)} keyframes, got {num_frames}"
-            )
+            raise ConfigurationError(f"num_frames must be at least the {len(keyframes)} keyframes, got {num_frames}")
         keyframes = [k.convert("RGB").resize(keyframes[0].size) for k in keyframes]
         if len(keyframes) == 1:
             return [keyframes[0].copy() for _ in range(num_frames)]

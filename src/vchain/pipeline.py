@@ -2,83 +2,60 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-from vchain.accounting import UsageMeter
-from vchain.chain import CHAIN_FILE, ThoughtChain
-from vchain.errors import ConfigurationError, StageError
+from vchain.chain import ThoughtChain, check_prompt
+from vchain.errors import ConfigurationError, StageError, VChainError
 from vchain.interfaces import Adapter, ImageBackend, Interpolator, Reasoner, Tuner, VideoGenerator
-from vchain.reasoning import ReasoningConfig, check_prompt, reason
-from vchain.run import RunDirectory
+from vchain.reasoning import ReasoningConfig, augment, keyframe_frame, reason
+from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
+from vchain.sampling import Rendered, composite_prompt, interpolate, render
+from vchain.variants import VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
 
-# The paper's Table 1, and what each variant runs.
-VARIANTS = {
-    "t2v": "the untouched generator on the user prompt",
-    "t2v-prompt-aug": "the prompt rewritten richer by the reasoner, then plain text-to-video",
-    "no-visual-thought": "full reasoning; only the composite prompt reaches the generator, no tuning",
-    "no-sparse-tuning": "the keyframes turned straight into frames by the interpolator",
-    "vchain": "reasoning, sparse tuning on the keyframes, sampling from the composite prompt",
-}
-_STAGES_OF = {
-    "t2v": ("sample",),
-    "t2v-prompt-aug": ("augment", "sample"),
-    "no-visual-thought": ("think", "sample"),
-    "no-sparse-tuning": ("think", "interpolate"),
-    "vchain": ("think", "tune", "sample"),
-}
-_RECORDED_AS = {"think": "reasoning", "augment": "reasoning", "tune": "tuning", "sample": "sampling",
-                "interpolate": "sampling"}  # fmt: skip
-_NEEDS = {
-    "think": ("reasoner", "image_backend"),
-    "augment": ("reasoner",),
-    "tune": ("generator", "tuner"),
-    "sample": ("generator",),
-    "interpolate": ("interpolator",),
+# Frames of the no-sparse-tuning ablation when no generator says otherwise: Wan2.1's 81 at 16 fps.
+DEFAULT_FRAMES, DEFAULT_FPS = 81, 16
+_COMPONENTS = {
+    "reasoner": Reasoner,
+    "image_backend": ImageBackend,
+    "generator": VideoGenerator,
+    "tuner": Tuner,
+    "interpolator": Interpolator,
 }
 
 
 @dataclass
 class VChainOutput:
-    """What one run produced.
+    """What one run produced (a run stopped early holds what it has).
 
     Attributes:
         chain: the chain of visual thoughts (None for variants that do not reason).
-        frames: the video's frames.
-        video_path: the written mp4, when the run had an output folder.
+        frames: the video's frames (empty when the run stopped before sampling).
+        video_path: the written mp4, when the run had an output folder and sampled.
         prompt: the text the generator sampled from (composite, augmented or the user's).
-        manifest: the run's manifest as a dict (also on disk as `manifest.json`).
+        adapter: the tuned adapter, when the variant tunes.
+        manifest: the run folder's manifest (also on disk as `manifest.json`), None without a folder.
     """
 
-    chain: ThoughtChain | None
-    frames: list[Image.Image]
+    chain: ThoughtChain | None = None
+    frames: list[Image.Image] = field(default_factory=list, repr=False)
     video_path: Path | None = None
-    prompt: str = ""
-    manifest: dict = field(default_factory=dict)
+    prompt: str | None = None
+    adapter: Adapter | None = field(default=None, repr=False)
+    manifest: Manifest | None = field(default=None, repr=False)
 
-
-def describe(component: object) -> dict | None:
-    """What a manifest records of a component: its class, model id and config, never a client or key."""
-    if component is None:
-        return None
-    info: dict = {"class": type(component).__name__}
-    for attribute in ("model", "model_id"):
-        value = getattr(component, attribute, None)
-        if isinstance(value, str):
-            info[attribute] = value
-    config = getattr(component, "config", None)
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        info["config"] = dataclasses.asdict(config)
-    return info
+    @property
+    def statuses(self) -> dict[str, str]:
+        """Each stage's status in the run folder (empty without one)."""
+        if self.manifest is None:
+            return {}
+        return {name: record.status for name, record in self.manifest.stages}
 
 
 class VChainPipeline:
@@ -90,11 +67,12 @@ class VChainPipeline:
         generator: the video model (e.g. `WanVideoGenerator.from_pretrained(...)`).
         tuner: learns the keyframe adapter (e.g. `WanLoRATuner()`).
         interpolator: keyframes to frames, for the `no-sparse-tuning` ablation (default: cross-fades).
-        reasoning: settings of the reasoning loop; its frame size follows the generator when one is set.
+        reasoning: settings of the reasoning loop (never changed by the pipeline).
         save_adapter: keep the tuned adapter in the run folder (`lora/`), written in the background while
             sampling runs from memory, so a resumed run need not tune again.
 
-    Only the components a stage needs must be given: `think` needs `reasoner` and `image_backend`.
+    Only the components a stage needs must be given: `think` needs `reasoner` and `image_backend`, and a
+    finished stage of a run folder needs none.
 
     Example::
 
@@ -128,6 +106,17 @@ class VChainPipeline:
     ):
         from vchain.interpolation import CrossfadeInterpolator
 
+        given = {"reasoner": reasoner, "image_backend": image_backend, "generator": generator, "tuner": tuner,
+                 "interpolator": interpolator}  # fmt: skip
+        for keyword, value in given.items():
+            _check_component(keyword, value)
+        if reasoning is not None and not isinstance(reasoning, ReasoningConfig):
+            raise ConfigurationError(
+                f"reasoning must be a ReasoningConfig, got {type(reasoning).__name__}"
+                + (f"; use ReasoningConfig(**{reasoning!r})" if isinstance(reasoning, dict) else "")
+            )
+        if not isinstance(save_adapter, bool):
+            raise ConfigurationError(f"save_adapter must be True or False, got {save_adapter!r}")
         self.reasoner = reasoner
         self.image_backend = image_backend
         self.generator = generator
@@ -135,47 +124,32 @@ class VChainPipeline:
         self.interpolator = interpolator or CrossfadeInterpolator()
         self.reasoning = reasoning or ReasoningConfig()
         self.save_adapter = save_adapter
-        if generator is not None:
-            self.reasoning.width, self.reasoning.height = generator.width, generator.height
+        self._progress: dict[str, Any] = {}
+        keyframe_frame(self.reasoning, generator)  # the keyframe size must be the generator's
 
-    # ------------------------------------------------------------------------------------ checks
-
-    def check_inputs(
-        self, prompt: object, variant: str = "vchain", stages: tuple[str, ...] | None = None
-    ) -> str:
-        """Reject what cannot work before any API call or model load; returns the cleaned prompt."""
-        if variant not in VARIANTS:
-            raise ConfigurationError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-        prompt = check_prompt(prompt)
-        stages = _STAGES_OF[variant] if stages is None else stages
-        missing = [
-            f"{name} (needed to {stage})"
-            for stage in stages
-            for name in _NEEDS[stage]
-            if getattr(self, name) is None
-        ]
-        if missing:
-            raise ConfigurationError(
-                f"VChainPipeline is missing {', '.join(dict.fromkeys(missing))} for {variant!r}"
-            )
-        return prompt
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options for every progress bar (keyframes, tuning steps, denoising), as in diffusers."""
+        self._progress = dict(kwargs)
+        for component in (self.tuner, self.generator):
+            if hasattr(component, "set_progress_bar_config"):
+                component.set_progress_bar_config(**kwargs)
 
     # ------------------------------------------------------------------------------------ stages
 
-    def think(self, prompt: str, output_dir: str | Path | None = None) -> ThoughtChain:
+    def think(self, prompt: str, output_dir: str | Path | None = None, *, overwrite: bool = False) -> ThoughtChain:
         """Stage 1: reason `prompt` into a chain of visual thoughts.
 
-        With `output_dir`, every keyframe is saved as it arrives and a re-run resumes: keyframes on
-        disk are not requested again, and a finished chain is returned as is.
+        With `output_dir`, every keyframe is saved as it arrives and a re-run resumes: keyframes and
+        answers on disk are not requested again, and a finished chain is returned as is.
         """
-        prompt = self.check_inputs(prompt, stages=("think",))
-        run = RunDirectory(output_dir, prompt) if output_dir is not None else None
-        return self._think(prompt, run)
+        return self._run(prompt, output_dir, None, seed=0, last="reasoning", overwrite=overwrite).chain
 
     def tune(self, chain: ThoughtChain) -> Adapter:
         """Stage 2: learn an adapter from the chain's (keyframe, caption) pairs. Nothing is written."""
-        self.check_inputs(chain.input_prompt, stages=("tune",))
-        return self.tuner.tune(self.generator, chain.training_pairs())
+        if not isinstance(chain, ThoughtChain):
+            raise ConfigurationError(f"chain must be a ThoughtChain, got {type(chain).__name__}: {chain!r:.60}")
+        self._require(("generator", "tuner"), "tune")
+        return self._tune(chain)
 
     def sample(
         self, chain: ThoughtChain | str, adapter: Adapter | None = None, *, seed: int | None = 0, **overrides
@@ -184,38 +158,21 @@ class VChainPipeline:
 
         The adapter is active only during this call; the generator is exactly restored afterwards.
         """
-        text = self.composite_prompt(chain) if isinstance(chain, ThoughtChain) else check_prompt(chain)
-        self.check_inputs(text, stages=("sample",))
-        if adapter is None:
-            return self.generator.sample(text, seed=seed, **overrides)
-        with adapter.apply(self.generator):
-            return self.generator.sample(text, seed=seed, **overrides)
+        self._require(("generator",), "sample")
+        if isinstance(chain, ThoughtChain):
+            text = self.composite_prompt(chain)
+        elif isinstance(chain, str):
+            text = check_prompt(chain)
+        else:
+            raise ConfigurationError(f"chain must be a ThoughtChain or a prompt, got {type(chain).__name__}")
+        if adapter is not None and not isinstance(adapter, Adapter):
+            hint = "; load it with tuner.load_adapter(path)" if isinstance(adapter, (str, Path)) else ""
+            raise ConfigurationError(f"adapter must be an Adapter, got {type(adapter).__name__}{hint}")
+        return render(self.generator, text, adapter, seed=check_seed(seed), **overrides).frames
 
     def composite_prompt(self, chain: ThoughtChain) -> str:
-        """The chain's captions joined, kept within the generator's text window.
-
-        Policy when the joined captions are too long for the text encoder (UMT5: 512 tokens): keep the
-        first caption (the scene) and the last (the outcome) and drop captions from the middle of the
-        chain until it fits, with a warning naming how many were dropped. If the first and last alone
-        do not fit, the encoder truncates the end and a warning says so.
-        """
-        captions = chain.captions
-        counted = self.generator.prompt_tokens(" ".join(captions)) if self.generator else None
-        if counted is None or counted[0] <= counted[1]:
-            return chain.composite_prompt
-        limit = counted[1]
-        kept = list(captions)
-        while len(kept) > 2 and self.generator.prompt_tokens(" ".join(kept))[0] > limit:
-            del kept[len(kept) // 2]
-        text = " ".join(kept)
-        dropped = len(captions) - len(kept)
-        still_long = self.generator.prompt_tokens(text)[0] > limit
-        logger.warning(
-            "The composite prompt of %r has %d tokens, over the text encoder's %d: dropped %d middle "
-            "caption(s) to fit%s.", chain.name, counted[0], limit, dropped,
-            "; still too long, the encoder will truncate the end" if still_long else "",
-        )  # fmt: skip
-        return text
+        """The chain's captions joined, kept within the generator's text window (`vchain.sampling`)."""
+        return composite_prompt(chain, self.generator)
 
     # ------------------------------------------------------------------------------------ a run
 
@@ -227,204 +184,255 @@ class VChainPipeline:
         variant: str = "vchain",
         seed: int | None = 0,
         stop_after: str | None = None,
-    ) -> VChainOutput | None:
+        overwrite: bool = False,
+    ) -> VChainOutput:
         """Run `variant` on `prompt`; with `output_dir`, write the run folder and resume from it.
 
-        A finished stage is not redone (and its components need not be given); a stage that crashed is
-        redone from its last saved state: the reasoning from its last keyframe, sampling from the adapter
-        in `lora/`. `stop_after="think"` or `"tune"` ends the run there (returns None).
+        A finished stage is reused when its inputs are unchanged (and its components need not be given);
+        a changed input redoes that stage and those after it; a stage that crashed resumes from what it
+        committed. Changed reasoning inputs are refused unless `overwrite=True`, which starts the folder
+        over. `stop_after="reasoning"` or `"tuning"` ends the run there.
         """
-        if variant not in VARIANTS:
-            raise ConfigurationError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-        stages = _STAGES_OF[variant]
-        if stop_after is not None:
-            if stop_after not in stages or stop_after in ("sample", "interpolate"):
-                raise ConfigurationError(
-                    f"stop_after must be a stage of {variant!r} before sampling, got {stop_after!r}"
-                )
-            stages = stages[: stages.index(stop_after) + 1]
-        run = (
-            RunDirectory(output_dir, check_prompt(prompt), variant=variant)
-            if output_dir is not None
-            else None
-        )
-        pending = tuple(s for s in stages if run is None or run.status(_RECORDED_AS[s]) != "done")
-        prompt = self.check_inputs(prompt, variant, pending)
-        if run is not None:
-            run.update(seed=seed, models={**run.manifest.models, **self._models()})
-
-        chain = self._think(prompt, run) if "think" in stages else None
-        if run is not None and chain is None:
-            run.skip("reasoning", f"not part of {variant}")
-
-        if "interpolate" in stages:
-            return self._interpolate(prompt, chain, run)
-
-        adapter, saver = self._tune(chain, run) if "tune" in stages else (None, None)
-        if run is not None and "tune" not in _STAGES_OF[variant]:
-            run.skip("tuning", f"not part of {variant}")
-        if stop_after is not None:
-            if saver is not None:
-                saver.join()
-            return None
-
-        if chain is not None:
-            text = self.composite_prompt(chain)
-        elif "augment" in stages:
-            text = self._augment(prompt, run)
-        else:
-            text = prompt
-        try:
-            return self._sample(text, chain, adapter, seed, run)
-        finally:
-            if saver is not None:
-                saver.join()
-
-    def _models(self) -> dict:
-        return {
-            name: describe(getattr(self, name))
-            for name in ("reasoner", "image_backend", "generator", "tuner", "interpolator")
-            if getattr(self, name) is not None
-        }
-
-    def _think(self, prompt: str, run: RunDirectory | None) -> ThoughtChain:
-        if run is None:
-            return reason(prompt, self.reasoner, self.image_backend, self.reasoning).chain
-        if run.status("reasoning") == "done":
-            return ThoughtChain.load(run.path)
-        chain = ThoughtChain.load(run.path) if (run.path / CHAIN_FILE).is_file() else None
-        if chain is not None and chain.input_prompt != prompt:
+        spec = get_variant(variant)
+        if stop_after is not None and stop_after not in spec.stages[:-1]:
             raise ConfigurationError(
-                f"{str(run.path)!r} holds a chain for {chain.input_prompt!r}, not {prompt!r}"
+                f"stop_after must be None or a stage of {variant!r} before the last, one of "
+                f"{list(spec.stages[:-1])}, got {stop_after!r}"
             )
-        meter = UsageMeter(run.manifest.calls)
-        record = run.manifest.stages["reasoning"]
+        return self._run(prompt, output_dir, variant, seed=seed, last=stop_after, overwrite=overwrite)
 
-        def save(progress: ThoughtChain) -> None:
-            progress.save(run.path)
-            record.seconds = meter.seconds_by_step()
-            run.record_usage(meter)
-
-        if chain is not None:
-            logger.info("Resuming reasoning in %s from %d keyframe(s)", run.path, len(chain.images))
-        run.manifest.config["reasoning"] = self.reasoning.to_dict()
-        run.manifest.models.update(
-            reasoner=describe(self.reasoner), image_backend=describe(self.image_backend)
+    def _run(self, prompt, output_dir, variant: str | None, *, seed, last: str | None, overwrite) -> VChainOutput:
+        prompt = check_prompt(prompt)
+        seed = check_seed(seed)
+        if not isinstance(overwrite, bool):
+            raise ConfigurationError(f"overwrite must be True or False, got {overwrite!r}")
+        run = (
+            NullRun() if output_dir is None else RunDirectory(output_dir, prompt, variant=variant, overwrite=overwrite)
         )
-        with run.stage("reasoning"):
-            result = reason(prompt, self.reasoner, self.image_backend, self.reasoning,
-                            chain=chain, meter=meter, on_progress=save)  # fmt: skip
-            record.seconds = meter.seconds_by_step()
-            record.detail = {"keyframes": len(result.chain.images), "stop_reason": result.stop_reason,
-                             "max_keyframes": self.reasoning.max_keyframes}  # fmt: skip
-        return result.chain
+        with run:
+            spec = VARIANTS[variant or (run.manifest.variant if run.manifest else "vchain")]
+            if last == "reasoning" and spec.reasoning != "chain":
+                raise ConfigurationError(
+                    f"{str(run.path)!r} holds a {spec.name!r} run, which has no keyframes to think"
+                )
+            stages = spec.stages if last is None else spec.stages[: spec.stages.index(last) + 1]
+            self._check_components(run, spec, stages)
+            out = VChainOutput(manifest=run.manifest)
+            if spec.reasoning == "chain":
+                out.chain = self._reason_step(run, prompt)
+            elif spec.reasoning == "augment":
+                out.prompt = self._augment_step(run, prompt)
+            else:
+                run.skip("reasoning", f"not part of {spec.name}")
+            if "tuning" in stages:
+                out.adapter = self._tune_step(run, out.chain)
+            elif spec.tuning is False:
+                run.skip("tuning", f"not part of {spec.name}")
+            if "sampling" in stages:
+                if spec.render == "interpolator":
+                    rendered = self._interpolate_step(run, out.chain)
+                    out.prompt = None
+                else:
+                    out.prompt = out.prompt or (self.composite_prompt(out.chain) if out.chain else prompt)
+                    rendered = self._sample_step(run, out.prompt, out.adapter, out.chain, seed)
+                out.frames = rendered.frames
+                out.video_path = run.video_path
+            run.wait_for_adapter()
+        return out
 
-    def _augment(self, prompt: str, run: RunDirectory | None) -> str:
-        if run is not None and run.status("reasoning") == "done":
-            return run.manifest.stages["reasoning"].detail["augmented_prompt"]
-        if run is None:
-            return self.reasoner.augment_prompt(prompt)
-        meter = UsageMeter(run.manifest.calls)
-        with run.stage("reasoning") as record:
-            with meter.call("augment"):
-                text = check_prompt(self.reasoner.augment_prompt(prompt))
-            record.seconds = meter.seconds_by_step()
-            record.detail = {"augmented_prompt": text}
-            run.record_usage(meter)
-        return text
+    # -- checks
 
-    def _tune(self, chain: ThoughtChain, run: RunDirectory | None) -> tuple[Adapter, threading.Thread | None]:
-        if run is not None and run.status("tuning") == "done" and (run.lora_path).is_dir():
-            logger.info("Loading the adapter tuned earlier from %s", run.lora_path)
-            return self.tuner.load_adapter(run.lora_path), None
-        if run is None:
-            return self.tune(chain), None
-        with run.stage("tuning") as record:
-            start = time.perf_counter()
-            adapter = self.tune(chain)
-            report = getattr(adapter, "report", None)
-            record.seconds = dict(
-                getattr(report, "seconds", {}) or {"fine_tune": round(time.perf_counter() - start, 3)}
+    def _require(self, names: tuple[str, ...], action: str) -> None:
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise ConfigurationError(f"VChainPipeline needs {' and '.join(missing)} to {action}; none was given")
+
+    def _check_components(self, run, spec: Variant, stages: tuple[str, ...]) -> None:
+        """Everything that will run has its components, before any work; finished stages need none."""
+        redo = False
+        for stage in stages:
+            missing = [name for name in spec.needs(stage) if getattr(self, name) is None]
+            if missing and (redo or not run.finished(stage, None)):
+                state = "" if run.path is None else f" ({stage} is not finished in {str(run.path)!r})"
+                raise ConfigurationError(
+                    f"VChainPipeline needs {' and '.join(missing)} for the {stage} of {spec.name!r}{state}"
+                )
+            redo = redo or (not missing and not run.finished(stage, None))
+        augments = "reasoning" in stages and spec.reasoning == "augment" and self.reasoner is not None
+        if augments and not self.reasoner.supports("augment_prompt") and not run.finished("reasoning", None):
+            raise ConfigurationError(
+                f"{type(self.reasoner).__name__} does not implement augment_prompt(), which {spec.name!r} needs"
             )
-            record.detail = {"keyframes": len(chain.images), "tuner": describe(self.tuner)}
+
+    # -- steps
+
+    def _reason_step(self, run, prompt: str) -> ThoughtChain:
+        frame = keyframe_frame(self.reasoning, self.generator)
+        inputs = None
+        if self.reasoner is not None and self.image_backend is not None:
+            inputs = {
+                "prompt": prompt, "config": self.reasoning.to_dict(), "frame": list(frame),
+                "reasoner": self.reasoner.describe(), "image_backend": self.image_backend.describe(),
+            }  # fmt: skip
+
+        def compute(record) -> ThoughtChain:
+            chain = run.partial_chain()
+            if chain is not None and chain.input_prompt != prompt:
+                raise ConfigurationError(f"{str(run.path)!r} holds a chain for {chain.input_prompt!r}, not {prompt!r}")
+            if chain is not None:
+                logger.info("Resuming reasoning in %s from %d keyframe(s)", run.path, len(chain.images))
+            meter = run.meter()
+            with self._bar(total=self.reasoning.max_keyframes, desc="keyframes", unit="keyframe") as bar:
+                bar.update(len(chain.images) if chain else 0)
+                result = reason(
+                    prompt, self.reasoner, self.image_backend, self.reasoning, frame=frame, chain=chain,
+                    log=run.reasoning_log(), meter=meter, progress=lambda n: bar.update(n - bar.n),
+                )  # fmt: skip
+            record.seconds = _steps_seconds(meter, ("plan", "generate", "perception", "edit"))
+            record.keyframes, record.stop_reason = len(result.chain.images), result.stop_reason
+            run.set_outputs("reasoning", chain_files(result.chain))
+            return result.chain
+
+        return run.step("reasoning", inputs, compute=compute, load=lambda _: ThoughtChain.load(run.path),
+                        paid=True, missing="reasoner and image_backend")  # fmt: skip
+
+    def _augment_step(self, run, prompt: str) -> str:
+        inputs = None
+        if self.reasoner is not None:
+            inputs = {"prompt": prompt, "augment": True, "reasoner": self.reasoner.describe()}
+
+        def compute(record) -> str:
+            meter = run.meter()
+            record.augmented_prompt = augment(prompt, self.reasoner, self.reasoning, meter=meter)
+            record.seconds = _steps_seconds(meter, ("augment",))
+            return record.augmented_prompt
+
+        return run.step("reasoning", inputs, compute=compute, load=lambda record: record.augmented_prompt,
+                        paid=True, missing="reasoner")  # fmt: skip
+
+    def _tune_step(self, run, chain: ThoughtChain) -> Adapter:
+        inputs = None
+        if self.generator is not None and self.tuner is not None:
+            identity = {k: v for k, v in self.generator.describe().items() if k != "config"}
+            tokens = self.generator.prompt_tokens("")
+            inputs = {
+                "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,
+                "tuner": self.tuner.describe(), "generator": identity,
+                "frame": [self.generator.width, self.generator.height],
+                "text_tokens": tokens[1] if tokens else None,
+            }  # fmt: skip
+
+        def compute(record) -> Adapter:
+            adapter = self._tune(chain)
+            report = adapter.report
             if report is not None:
-                record.detail.update(losses=report.losses, trainable_parameters=report.trainable_parameters)
-        saver = None
-        if self.save_adapter:
-            saver = threading.Thread(
-                target=_save_adapter, args=(adapter, run.lora_path), name="vchain-save-lora"
-            )
-            saver.start()  # sampling goes on from memory meanwhile
-        return adapter, saver
+                record.seconds = dict(report.seconds)
+                record.keyframes, record.losses = report.keyframes, list(report.losses)
+                record.trainable_parameters = report.trainable_parameters
+            if self.save_adapter:
+                run.save_adapter(adapter)
+            return adapter
 
-    def _sample(self, text: str, chain, adapter, seed, run: RunDirectory | None) -> VChainOutput:
-        if run is not None and run.status("sampling") == "done" and run.video_path.is_file():
-            return VChainOutput(
-                chain, _read_video(run.video_path), run.video_path, text, run.manifest.model_dump(mode="json")
-            )
-        if run is None:
-            frames = self.sample(text, adapter, seed=seed)
-            return VChainOutput(chain, frames, None, text)
-        with run.stage("sampling") as record:
-            frames = self.sample(text, adapter, seed=seed)
-            timings = dict(getattr(self.generator, "last_timings", {}) or {})
-            start = time.perf_counter()
-            self.generator.save_video(frames, run.video_path)
-            record.seconds = {**timings, "save": round(time.perf_counter() - start, 3)}
-            record.detail = {"prompt": text, "frames": len(frames), "seed": seed,
-                             "size": list(frames[0].size) if frames else None}  # fmt: skip
-        return self._output(chain, frames, run, text)
+        def load(record) -> Adapter:
+            logger.info("Loading the adapter tuned earlier from %s", run.lora_path)
+            if self.tuner is not None:
+                return self.tuner.load_adapter(run.lora_path)
+            from vchain.tuning import LoRAAdapter
 
-    @staticmethod
-    def _output(chain, frames, run: RunDirectory, text: str) -> VChainOutput:
-        return VChainOutput(chain, frames, run.video_path, text, run.manifest.model_dump(mode="json"))
+            return LoRAAdapter.load(run.lora_path)
 
-    def _interpolate(self, prompt: str, chain: ThoughtChain, run: RunDirectory | None) -> VChainOutput:
-        num_frames = self.generator.num_frames if self.generator is not None else 81
-        fps = self.generator.fps if self.generator is not None else 16
-        if run is None:
-            return VChainOutput(chain, self.interpolator.interpolate(chain.images, num_frames), None, prompt)
-        run.skip("tuning", "not part of no-sparse-tuning")
-        if run.status("sampling") == "done" and run.video_path.is_file():
-            return VChainOutput(
-                chain,
-                _read_video(run.video_path),
-                run.video_path,
-                prompt,
-                run.manifest.model_dump(mode="json"),
-            )
-        from vchain.video import write_video
+        return run.step("tuning", inputs, compute=compute, load=load, missing="generator and tuner")
 
-        with run.stage("sampling") as record:
-            start = time.perf_counter()
-            frames = self.interpolator.interpolate(chain.images, num_frames)
-            middle = time.perf_counter()
-            write_video(frames, run.video_path, fps=fps)
-            record.seconds = {
-                "interpolate": round(middle - start, 3),
-                "save": round(time.perf_counter() - middle, 3),
-            }
-            record.detail = {"interpolator": describe(self.interpolator), "frames": len(frames)}
-        return self._output(chain, frames, run, prompt)
+    def _tune(self, chain: ThoughtChain) -> Adapter:
+        try:
+            adapter = self.tuner.tune(self.generator, chain.training_pairs())
+        except VChainError:
+            raise
+        except Exception as e:
+            raise StageError(f"{type(self.tuner).__name__}.tune() raised {type(e).__name__}: {e}",
+                             stage="tuning") from e  # fmt: skip
+        if not isinstance(adapter, Adapter):
+            raise StageError(f"{type(self.tuner).__name__}.tune() must return an Adapter, got "
+                             f"{type(adapter).__name__}", stage="tuning")  # fmt: skip
+        return adapter
+
+    def _sample_step(self, run, text: str, adapter: Adapter | None, chain, seed: int | None) -> Rendered:
+        inputs = None
+        if self.generator is not None:
+            inputs = {
+                "prompt": text, "seed": seed, "generator": self.generator.describe(),
+                "adapter": run.record("tuning").fingerprint if adapter is not None else None,
+            }  # fmt: skip
+
+        def compute(record) -> Rendered:
+            rendered = render(self.generator, text, adapter, seed=seed)
+            rendered.seconds["save"] = run.write_video(rendered.frames, self.generator.fps)
+            record.seconds = rendered.seconds
+            record.prompt, record.seed, record.frames = text, seed, len(rendered.frames)
+            record.size = rendered.frames[0].size
+            return rendered
+
+        return run.step("sampling", inputs, compute=compute, load=lambda _: Rendered(_read_video(run.video_path)),
+                        missing="generator")  # fmt: skip
+
+    def _interpolate_step(self, run, chain: ThoughtChain) -> Rendered:
+        num_frames = self.generator.num_frames if self.generator is not None else DEFAULT_FRAMES
+        fps = self.generator.fps if self.generator is not None else DEFAULT_FPS
+        inputs = {
+            "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,
+            "interpolator": self.interpolator.describe(), "num_frames": num_frames, "fps": fps,
+        }  # fmt: skip
+        if self.generator is None and run.finished("sampling", None):
+            inputs = None  # the frame count and rate were the generator's: keep what was made with them
+
+        def compute(record) -> Rendered:
+            rendered = interpolate(self.interpolator, chain, num_frames)
+            rendered.seconds["save"] = run.write_video(rendered.frames, fps)
+            record.seconds, record.frames = rendered.seconds, len(rendered.frames)
+            record.size = rendered.frames[0].size
+            return rendered
+
+        return run.step("sampling", inputs, compute=compute, load=lambda _: Rendered(_read_video(run.video_path)))
+
+    def _bar(self, **kwargs):
+        from tqdm.auto import tqdm
+
+        return tqdm(**{"leave": False, **kwargs, **self._progress})
 
 
-def _save_adapter(adapter: Adapter, path: Path) -> None:
-    """Write the adapter beside its final place, then move it in: `lora/` exists only when complete."""
-    staging = path.with_name(path.name + ".partial")
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        adapter.save(staging)
-        shutil.rmtree(path, ignore_errors=True)
-        staging.rename(path)
-    except Exception:
-        logger.exception("Saving the adapter to %s failed; a resumed run will tune again", path)
-        shutil.rmtree(staging, ignore_errors=True)
+def check_seed(seed: object) -> int | None:
+    """A seed torch accepts (an int in [0, 2**63)), or None for a random one."""
+    if seed is None:
+        return None
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ConfigurationError(f"seed must be None or an integer in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def _check_component(keyword: str, value: object) -> None:
+    interface = _COMPONENTS[keyword]
+    if value is None or isinstance(value, interface):
+        return
+    if isinstance(value, type):
+        what = f"the class {value.__name__}; pass an instance, {value.__name__}(...)"
+    else:
+        what = type(value).__name__
+        fits = [k for k, cls in _COMPONENTS.items() if isinstance(value, cls)]
+        if fits:
+            what += f", which is a {_COMPONENTS[fits[0]].__name__}: pass it as {fits[0]}="
+        elif type(value).__name__.endswith("Pipeline"):
+            what += "; wrap a diffusers pipeline first, e.g. WanVideoGenerator(pipeline)"
+        elif isinstance(value, str) and keyword == "generator":
+            what += f" {value!r}; load it first, e.g. WanVideoGenerator.from_pretrained({value!r})"
+    raise ConfigurationError(f"{keyword} must be a vchain.interfaces.{interface.__name__}, got {what}")
+
+
+def _steps_seconds(meter, steps: tuple[str, ...]) -> dict[str, float]:
+    seconds = meter.seconds_by_step()
+    return {step: seconds[step] for step in steps if step in seconds}
 
 
 def _read_video(path: Path) -> list[Image.Image]:
-    import imageio.v3 as iio
+    from vchain.video import read_video
 
-    try:
-        return [Image.fromarray(frame) for frame in iio.imread(path)]
-    except Exception as e:
-        raise StageError(f"cannot read back {str(path)!r}: {e}", stage="sampling") from e
+    return read_video(path)

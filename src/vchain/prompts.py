@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from vchain.chain import ThoughtChain
+
 PLAN_SYSTEM = """\
 You plan short videos so that what happens in them is physically and causally right.
 
@@ -57,8 +64,8 @@ at most 120 words that states the setting, the objects and their materials, the 
 visibly happens from start to end, following physics and common sense. Keep every element of the \
 original. Reply with the rewritten prompt only."""
 
-# gpt-image-1 drifts in colour and sharpness when fed its own output; the edit instruction asks it to hold
-# the look of the references steady so the drift does not compound along the chain.
+# Image editors drift in colour and sharpness when fed their own output; the edit instruction asks the
+# editor to hold the look of the references steady so the drift does not compound along the chain.
 EDIT_INSTRUCTION = """\
 The reference images are earlier keyframes of one video, oldest first. Draw the next keyframe: keep the \
 camera, framing, setting, lighting, colour balance and sharpness of the latest reference exactly, and \
@@ -66,6 +73,105 @@ change only what this description requires:
 
 {caption}"""
 
+EDIT_RETRY = """
+
+An earlier draw of this keyframe was rejected because: {problem}
+Correct that in this draw."""
+
+VERIFY_SYSTEM = """\
+You check keyframes of a video for a director. You see the keyframes accepted so far tiled in one \
+image, numbered in order, then a candidate for the next keyframe and the caption it must show.
+
+Say whether the candidate matches its caption: every object, state and position the caption names is \
+visible as described, and the camera, setting, lighting and objects stay consistent with the accepted \
+keyframes except where the caption changes them. Small differences of style or detail are fine; a \
+missing object, a wrong state (intact instead of broken, dry instead of wet), a wrong position, or a \
+changed scene is not.
+
+Set matches to false only for a real mismatch, and then say in problem, in one sentence, what is \
+wrong and what the image should show instead. When it matches, leave problem empty.
+
+Answer in the requested JSON structure."""
+
+VERIFY_USER = """\
+Video prompt: {prompt}
+
+Caption the candidate must show: {caption}
+
+The first image tiles the {count} accepted keyframe(s), numbered from 0; the second image is the \
+candidate for keyframe {index}."""
+
+VERIFY_FIRST_USER = """\
+Video prompt: {prompt}
+
+Caption the candidate must show: {caption}
+
+No keyframe has been accepted yet: the image is the candidate for the first keyframe, keyframe 0."""
+
 
 def format_captions(captions: list[str]) -> str:
     return "\n".join(f"{i}. {caption}" for i, caption in enumerate(captions))
+
+
+def edit_instruction(caption: str, problem: str | None = None) -> str:
+    """The default edit prompt for a keyframe caption, with the verifier's objection on a redo."""
+    text = EDIT_INSTRUCTION.format(caption=caption)
+    return text + EDIT_RETRY.format(problem=problem) if problem else text
+
+
+# Message builders. One place builds the messages every chat backend sends. Messages follow the OpenAI
+# chat layout, which Hugging Face chat templates accept too; an image part is `{"type": "image",
+# "image": PIL.Image}` and each backend turns it into what its API wants (a data URL for OpenAI).
+
+
+def text_part(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+def image_part(image: Image.Image) -> dict:
+    return {"type": "image", "image": image}
+
+
+def plan_messages(prompt: str) -> list[dict]:
+    return [
+        {"role": "system", "content": PLAN_SYSTEM},
+        {"role": "user", "content": [text_part(f"Video prompt: {prompt}")]},
+    ]
+
+
+def next_keyframe_messages(chain: ThoughtChain, composite: Image.Image) -> list[dict]:
+    text = NEXT_KEYFRAME_USER.format(
+        prompt=chain.input_prompt,
+        consequences=chain.consequences,
+        captions=format_captions(chain.captions),
+        count=len(chain.images),
+        next_index=len(chain.images),
+    )
+    return [
+        {"role": "system", "content": NEXT_KEYFRAME_SYSTEM},
+        {"role": "user", "content": [text_part(text), image_part(composite)]},
+    ]
+
+
+def augment_messages(prompt: str) -> list[dict]:
+    return [
+        {"role": "system", "content": AUGMENT_SYSTEM},
+        {"role": "user", "content": [text_part(prompt)]},
+    ]
+
+
+def verify_messages(
+    chain: ThoughtChain, image: Image.Image, caption: str, *, max_pixels: int = 1024 * 1024
+) -> list[dict]:
+    """The accepted keyframes (tiled within `max_pixels`, as for perception), then the candidate."""
+    from vchain.images import stitch
+
+    if not chain.images:
+        text = VERIFY_FIRST_USER.format(prompt=chain.input_prompt, caption=caption)
+        parts = [text_part(text), image_part(image)]
+    else:
+        text = VERIFY_USER.format(
+            prompt=chain.input_prompt, caption=caption, count=len(chain.images), index=len(chain.images)
+        )
+        parts = [text_part(text), image_part(stitch(chain.images, max_pixels)), image_part(image)]
+    return [{"role": "system", "content": VERIFY_SYSTEM}, {"role": "user", "content": parts}]

@@ -2,67 +2,88 @@
 
 plan -> first image from the context frame -> repeat (stitch the chain, predict the next caption, edit
 the chain into the next image) until the reasoner flags the last keyframe or `max_keyframes` is reached.
+
+Every paid answer is handed to a `ReasoningLog` as soon as it arrives, so a run folder can keep it:
+a caption whose edit then failed is not paid for again, and the last-keyframe flag is known on resume.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
-from vchain import prompts
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, ValidationError
+
 from vchain.accounting import UsageMeter
-from vchain.chain import ThoughtChain
-from vchain.errors import BackendError, ConfigurationError, MalformedResponseError, RefusalError, StageError
-from vchain.images import fit_to_frame, stitch
+from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain, check_prompt
+from vchain.config import Config, describe_errors
+from vchain.errors import (
+    BackendError,
+    ConfigurationError,
+    MalformedResponseError,
+    RefusalError,
+    StageError,
+    VChainError,
+)
+from vchain.images import UnreadableImageError, fit_to_frame, read_image, stitch
 from vchain.interfaces import ImageBackend, Reasoner
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 StopReason = Literal["model", "cap"]
+# The keyframe size when nothing else sets it: Wan2.1's 480p frame.
+DEFAULT_FRAME = (832, 480)
+
+
+class ReasoningConfig(Config):
+    """Settings of the reasoning loop."""
+
+    max_keyframes: int = Field(
+        8, ge=2, le=64, description="most images in a chain, the first included (the paper's hold 3 to 6)"
+    )
+    max_attempts: int = Field(3, ge=1, le=20, description="tries per reasoner call when the answer is malformed")
+    composite_max_pixels: int = Field(
+        1024 * 1024, ge=64 * 64, description="pixel budget of the stitched chain sent to the reasoner"
+    )
+    edit_inputs: Literal["chain", "last"] = Field(
+        "chain",
+        description="images sent to each edit: the whole chain (consistency, as in the paper) or the last",
+    )
+    width: int | None = Field(None, gt=0, le=8192, description="keyframe width; None takes the generator's, else 832")
+    height: int | None = Field(
+        None, gt=0, le=8192, description="keyframe height; None takes the generator's, else 480"
+    )
+
+
+class KeyframeAnswer(BaseModel):
+    """A paid perception answer, kept by index so a resume can use it instead of asking again."""
+
+    index: int = Field(ge=1)
+    caption: str
+    is_last: bool
 
 
 @dataclass
-class ReasoningConfig:
-    """Settings of the reasoning loop.
+class ReasoningLog:
+    """Where the loop reports progress; a run folder persists it, the default keeps it in memory.
 
-    Args:
-        max_keyframes: most images in a chain, the first included. Reaching it ends the loop; the
-            result records `stop_reason="cap"`. The paper's chains hold 3 to 6 images.
-        max_attempts: tries per reasoner call when the answer is malformed (transient HTTP errors are
-            retried by the client below this).
-        composite_max_pixels: pixel budget of the stitched chain sent to the reasoner each step.
-        edit_inputs: `"chain"` sends every keyframe so far to the image editor (consistency across the
-            chain, as in the paper); `"last"` sends only the latest (cheaper, less context).
-        width, height: the video frame; every keyframe is brought to this size (`fit_to_frame`).
+    Attributes:
+        answers: perception answers by keyframe index, those of an earlier run included.
     """
 
-    max_keyframes: int = 8
-    max_attempts: int = 3
-    composite_max_pixels: int = 1024 * 1024
-    edit_inputs: Literal["chain", "last"] = "chain"
-    width: int = 832
-    height: int = 480
+    answers: dict[int, KeyframeAnswer] = field(default_factory=dict)
 
-    def __post_init__(self):
-        errors = []
-        if self.max_keyframes < 2:
-            errors.append(f"max_keyframes must be at least 2, got {self.max_keyframes}")
-        if self.max_attempts < 1:
-            errors.append(f"max_attempts must be at least 1, got {self.max_attempts}")
-        if self.composite_max_pixels < 64 * 64:
-            errors.append(f"composite_max_pixels must be at least 4096, got {self.composite_max_pixels}")
-        if self.edit_inputs not in ("chain", "last"):
-            errors.append(f"edit_inputs must be 'chain' or 'last', got {self.edit_inputs!r}")
-        if self.width < 1 or self.height < 1:
-            errors.append(f"width and height must be positive, got {self.width}x{self.height}")
-        if errors:
-            raise ConfigurationError("invalid ReasoningConfig: " + "; ".join(errors))
+    def record_answer(self, answer: KeyframeAnswer) -> None:
+        """A caption was paid for; called before the image edit that uses it."""
+        self.answers[answer.index] = answer
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def commit(self, chain: ThoughtChain) -> None:
+        """The chain grew (plan, or a finished keyframe); everything in it is final."""
 
 
 @dataclass
@@ -71,10 +92,18 @@ class ReasoningResult:
     stop_reason: StopReason
 
 
-def check_prompt(prompt: object) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigurationError(f"prompt must be a non-empty string, got {prompt!r}")
-    return prompt.strip()
+def keyframe_frame(config: ReasoningConfig, generator: Any = None) -> tuple[int, int]:
+    """(width, height) of the keyframes: the config's, else the generator's, else `DEFAULT_FRAME`."""
+    if generator is not None:
+        frame = (generator.width, generator.height)
+        if (config.width or frame[0], config.height or frame[1]) != frame:
+            raise ConfigurationError(
+                f"ReasoningConfig asks for {config.width}x{config.height} keyframes, the generator renders "
+                f"{frame[0]}x{frame[1]}: keyframes are tuned on at the generator's size; leave width and "
+                "height unset"
+            )
+        return frame
+    return (config.width or DEFAULT_FRAME[0], config.height or DEFAULT_FRAME[1])
 
 
 def reason(
@@ -83,41 +112,65 @@ def reason(
     image_backend: ImageBackend,
     config: ReasoningConfig | None = None,
     *,
+    frame: tuple[int, int] | None = None,
     chain: ThoughtChain | None = None,
+    log: ReasoningLog | None = None,
     meter: UsageMeter | None = None,
-    on_progress: Callable[[ThoughtChain], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ReasoningResult:
     """Run the reasoning loop, continuing `chain` if one is given (resume).
 
-    `on_progress(chain)` is called after the plan and after every new image, so a caller can save each
-    step as it lands; a failure raises `StageError` and loses nothing that was reported.
+    Args:
+        frame: (width, height) every keyframe is brought to; default from `config`.
+        chain: a chain from an earlier run to continue.
+        log: receives every paid answer and every committed step; its `answers` are reused.
+        meter: counts every request.
+        progress: called with the number of images after each new one.
+
+    A failure raises `StageError` naming the step and keyframe; everything committed stays committed.
     """
     config = config or ReasoningConfig()
+    log = log or ReasoningLog()
     meter = meter or UsageMeter()
     prompt = check_prompt(prompt)
-    notify = on_progress or (lambda _chain: None)
+    width, height = frame or keyframe_frame(config)
+    call = _Caller(config, meter)
 
     if chain is None:
-        plan = _call(meter, config, "plan", None, reasoner.plan, prompt)
+        plan = call(ScenePlan, "plan", None, reasoner, "plan", prompt)
         chain = ThoughtChain.from_plan(prompt, plan)
-        notify(chain)
+        log.commit(chain)
         logger.info("Planned %r: %s", chain.name, plan.consequences)
 
-    frame = {"width": config.width, "height": config.height}
     if not chain.images:
-        image = _call(meter, config, "generate", 0, image_backend.generate, chain.context_frame, **frame)
-        chain.images.append(fit_to_frame(image, **frame))
-        notify(chain)
+        image = call(Image.Image, "generate", 0, image_backend, "generate", chain.context_frame, width=width,
+                     height=height)  # fmt: skip
+        chain.images.append(fit_to_frame(image, width, height))
+        log.commit(chain)
+        if progress:
+            progress(1)
 
+    last = log.answers.get(len(chain.images) - 1)
+    if last is not None and last.is_last and last.caption == chain.key_frames[-1]:
+        return ReasoningResult(chain, "model")  # finished before a crash could record it
     while len(chain.images) < config.max_keyframes:
         index = len(chain.images)
-        composite = stitch(chain.images, config.composite_max_pixels)
-        answer = _call(meter, config, "perception", index, reasoner.next_keyframe, chain, composite)
-        references = chain.images if config.edit_inputs == "chain" else chain.images[-1:]
-        instruction = prompts.EDIT_INSTRUCTION.format(caption=answer.caption)
-        image = _call(meter, config, "edit", index, image_backend.edit, references, instruction, **frame)
-        chain.append(answer.caption, fit_to_frame(image, **frame))
-        notify(chain)
+        answer = log.answers.get(index)
+        if answer is None:
+            composite = stitch(chain.images, config.composite_max_pixels)
+            reply = call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite)
+            answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last)
+            log.record_answer(answer)
+        else:
+            logger.info("Keyframe %d: using the caption paid for earlier", index)
+        references = edit_references(chain.images, image_backend.max_references, config.edit_inputs)
+        instruction = image_backend.instruction(answer.caption)
+        image = call(Image.Image, "edit", index, image_backend, "edit", references, instruction, width=width,
+                     height=height)  # fmt: skip
+        chain.append(answer.caption, fit_to_frame(image, width, height))
+        log.commit(chain)
+        if progress:
+            progress(len(chain.images))
         logger.info("Keyframe %d%s: %s", index, " (last)" if answer.is_last else "", answer.caption)
         if answer.is_last:
             return ReasoningResult(chain, "model")
@@ -130,31 +183,101 @@ def reason(
     return ReasoningResult(chain, "cap")
 
 
-def _call(
-    meter: UsageMeter,
-    config: ReasoningConfig,
-    step: str,
-    index: int | None,
-    fn: Callable[..., T],
-    *args,
-    **kwargs,
-) -> T:
-    """One model call, timed; malformed answers are asked again up to `config.max_attempts` times."""
-    for attempt in range(1, config.max_attempts + 1):
+def augment(
+    prompt: str, reasoner: Reasoner, config: ReasoningConfig | None = None, *, meter: UsageMeter | None = None
+) -> str:
+    """The `t2v-prompt-aug` baseline: `prompt` rewritten richer by the reasoner (re-asked if blank)."""
+    call = _Caller(config or ReasoningConfig(), meter or UsageMeter())
+    return call(str, "augment", None, reasoner, "augment_prompt", check_prompt(prompt))
+
+
+def edit_references(images: Sequence[Image.Image], limit: int | None, edit_inputs: str = "chain") -> list[Image.Image]:
+    """The reference images of the next edit: the chain (or its last image), within the editor's limit.
+
+    When some must go, keyframe 0 stays (it fixes the scene's identity) with the most recent ones; with
+    room for one only, the latest.
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigurationError(f"max_references must be a positive integer or None, got {limit!r}")
+    chosen = list(images) if edit_inputs == "chain" else list(images[-1:])
+    if limit is None or len(chosen) <= limit:
+        return chosen
+    if limit == 1:
+        return chosen[-1:]
+    return [chosen[0], *chosen[len(chosen) - (limit - 1) :]]
+
+
+class _Caller:
+    """One backend call, timed and counted; malformed answers are asked again up to `max_attempts`.
+
+    What the backend returns is checked against what the loop needs, so a wrong answer fails here,
+    naming the backend method, not three stages later.
+    """
+
+    def __init__(self, config: ReasoningConfig, meter: UsageMeter):
+        self.config, self.meter = config, meter
+
+    def __call__(self, expected: type[T], step: str, index: int | None, backend, method: str, *args, **kwargs) -> T:
+        where = f"{type(backend).__name__}.{method}()"
+        attempts = self.config.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.meter.call(step, index):
+                    try:
+                        answer = getattr(backend, method)(*args, **kwargs)
+                    except ValidationError as e:
+                        raise MalformedResponseError(f"{where} built an invalid answer: {describe_errors(e)}") from e
+                    return _checked(expected, answer, where)
+            except MalformedResponseError as e:
+                if attempt == attempts:
+                    raise StageError(
+                        f"malformed answer {attempt} times in a row, giving up: {e}",
+                        stage="reasoning", step=step, index=index,
+                    ) from e  # fmt: skip
+                logger.warning("Malformed answer at %s (attempt %d/%d): %s", step, attempt, attempts, e)
+            except (RefusalError, BackendError, _WrongAnswer) as e:
+                raise StageError(str(e), stage="reasoning", step=step, index=index) from e
+            except VChainError:
+                raise
+            except Exception as e:
+                raise StageError(f"{where} raised {type(e).__name__}: {e}", stage="reasoning", step=step,
+                                 index=index) from e  # fmt: skip
+        raise AssertionError("unreachable")
+
+
+class _WrongAnswer(Exception):
+    """A backend returned something of the wrong kind: not worth asking again."""
+
+
+def _checked(expected: type, answer: object, where: str):
+    if expected is Image.Image:
+        return _as_image(answer, where)
+    if expected is str and isinstance(answer, str) and not answer.strip():
+        raise MalformedResponseError(f"{where} returned a blank text")
+    if expected is str and isinstance(answer, str):
+        return answer.strip()
+    if not isinstance(answer, expected):
+        raise _WrongAnswer(f"{where} must return a {expected.__name__}, got {type(answer).__name__}: {answer!r:.120}")
+    return answer
+
+
+def _as_image(value: object, where: str) -> Image.Image:
+    """A backend's image answer as a PIL image: PIL as is, a uint8 or [0, 1] float array or encoded
+    bytes converted; anything else a `MalformedResponseError` naming `where` and what it returned."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, (bytes, bytearray)):
         try:
-            with meter.call(step, index):
-                return fn(*args, **kwargs)
-        except MalformedResponseError as e:
-            if attempt == config.max_attempts:
-                raise StageError(
-                    f"malformed answer {attempt} times in a row, giving up: {e}",
-                    stage="reasoning",
-                    step=step,
-                    index=index,
-                ) from e
-            logger.warning(
-                "Malformed answer at %s (attempt %d/%d): %s", step, attempt, config.max_attempts, e
-            )
-        except (RefusalError, BackendError) as e:
-            raise StageError(str(e), stage="reasoning", step=step, index=index) from e
-    raise AssertionError("unreachable")
+            return read_image(bytes(value))
+        except UnreadableImageError as e:
+            raise MalformedResponseError(f"{where} returned bytes that are not an image: {e}") from e
+    if isinstance(value, np.ndarray) and value.ndim in (2, 3) and value.size:
+        array = value
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+                raise MalformedResponseError(f"{where} returned a {array.dtype} array; want uint8 or finite floats")
+            array = (array.clip(0, 1) * 255).round().astype(np.uint8)
+        if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
+            raise MalformedResponseError(f"{where} returned an array of shape {value.shape}; want H x W x 3")
+        return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
+    raise _WrongAnswer(f"{where} must return a PIL image, got {type(value).__name__}: {value!r:.80}")

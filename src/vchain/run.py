@@ -1,56 +1,128 @@
-"""The run directory: one folder per prompt with the chain, `lora/`, `video.mp4` and `manifest.json`.
+"""Run folders: one folder per prompt, resumable, reused only where the inputs are the same.
 
-`manifest.json` records the config, versions, model ids, seed, each stage's status and wall times (the
-breakdown of the paper's Table 2), and every API call's usage. It is rewritten atomically after each
-step, so a crash leaves the last consistent state and a re-run resumes from it.
+A run folder holds the chain (`chain.json`, `metadata.csv`, the keyframe PNGs), `lora/`, `video.mp4` and
+`manifest.json`. Each stage is a step with a fingerprint of its inputs (its settings, the model ids, the
+seed where it matters, and the artifacts it reads) and a record of its outputs with their sha256:
+
+- a finished stage is reused only when its fingerprint matches and its outputs are intact;
+- a changed input of tuning or sampling redoes that stage (and so every stage that reads it), with a log
+  line naming what changed; the paid reasoning stage is never redone silently: a change there is refused,
+  naming the fields, unless `overwrite=True` (`--overwrite`), which starts the folder over;
+- one process at a time: an OS lock on `.lock` is held while the folder is open, and a second process
+  fails at once naming the holder;
+- an artifact is referenced by `chain.json` / `manifest.json` only once it is complete; what the committed
+  state does not reference (a keyframe beyond the last caption, temporary files, a half-written `lora/`)
+  is removed on open, never trusted; symlinks inside the folder are refused;
+- `manifest.json` records every request attempt, the stages' wall times and what each stage produced.
+
+`NullRun` stands in when there is no folder: every step simply runs.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import importlib.metadata
 import json
+import logging
+import os
 import platform
+import shutil
+import socket
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vchain import _io
-from vchain.accounting import CallRecord, UsageMeter
-from vchain.errors import ConfigurationError
+from vchain._redact import redact
+from vchain.accounting import CallRecord, UsageMeter, UsageSummary
+from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain
+from vchain.config import describe_errors
+from vchain.errors import ConfigurationError, VChainError
+from vchain.reasoning import KeyframeAnswer, ReasoningLog, StopReason
+from vchain.variants import STAGES
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 VIDEO_FILE = "video.mp4"
 LORA_DIR = "lora"
-STAGES = ("reasoning", "tuning", "sampling")
+LOCK_FILE = ".lock"
+IMPORTED = "imported"
 Status = Literal["pending", "running", "done", "failed", "skipped"]
 _PACKAGES = ("vchain", "torch", "diffusers", "peft", "transformers", "accelerate", "openai", "pydantic")
 
 
 class StageRecord(BaseModel):
+    """One stage of a run: its state, what it was made from and what it made."""
+
+    model_config = ConfigDict(extra="forbid")
+
     status: Status = "pending"
-    seconds: dict[str, float] = Field(default_factory=dict)
+    fingerprint: str | None = None
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, str] = Field({}, description="artifact path (relative) -> sha256")
+    seconds: dict[str, float] = {}
     total_seconds: float = 0.0
-    detail: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
 
 
+class ReasoningRecord(StageRecord):
+    keyframes: int = 0
+    stop_reason: StopReason | None = None
+    answers: list[KeyframeAnswer] = Field([], description="every paid perception answer, by keyframe")
+    augmented_prompt: str | None = None
+
+
+class TuningRecord(StageRecord):
+    keyframes: int = 0
+    trainable_parameters: int = 0
+    losses: list[tuple[int, float]] = []
+
+
+class SamplingRecord(StageRecord):
+    prompt: str | None = None
+    seed: int | None = None
+    frames: int = 0
+    size: tuple[int, int] | None = None
+
+
+class Stages(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reasoning: ReasoningRecord = ReasoningRecord()
+    tuning: TuningRecord = TuningRecord()
+    sampling: SamplingRecord = SamplingRecord()
+
+
 class Manifest(BaseModel):
+    """What `manifest.json` holds: exactly the run that is on disk, and what it cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
     prompt: str
     variant: str = "vchain"
-    seed: int | None = None
     created: str = Field(default_factory=lambda: _now())
     updated: str = Field(default_factory=lambda: _now())
-    config: dict[str, Any] = Field(default_factory=dict)
-    models: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=lambda: package_versions())
-    stages: dict[str, StageRecord] = Field(default_factory=lambda: {s: StageRecord() for s in STAGES})
-    api: dict[str, Any] = Field(default_factory=dict)
-    calls: list[CallRecord] = Field(default_factory=list)
+    stages: Stages = Stages()
+    usage: UsageSummary = UsageSummary()
+    calls: list[CallRecord] = Field([], description="every request attempt, in order")
+
+    def status(self) -> str:
+        """`done`, `failed` or `incomplete` over the stages the variant runs."""
+        statuses = [getattr(self.stages, s).status for s in STAGES]
+        if "failed" in statuses:
+            return "failed"
+        return "done" if all(s in ("done", "skipped") for s in statuses) else "incomplete"
 
 
 def _now() -> str:
@@ -67,24 +139,245 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class RunDirectory:
-    """A run folder and its manifest. Opening an existing folder resumes it (same prompt required)."""
+def read_manifest(folder: str | Path) -> Manifest:
+    """The manifest of a run folder, or a `VChainError` naming the file and what is wrong with it."""
+    path = Path(folder) / MANIFEST_FILE
+    fix = f"move {str(path)!r} aside to import the chain as is, or choose another folder"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Manifest.model_validate(data)
+    except ValidationError as e:
+        raise VChainError(f"{str(path)!r} is not a vchain manifest ({describe_errors(e)[:300]}); {fix}") from e
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise VChainError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {fix}") from e
 
-    def __init__(self, path: str | Path, prompt: str, *, variant: str = "vchain"):
-        self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        manifest_path = self.path / MANIFEST_FILE
-        if manifest_path.is_file():
-            self.manifest = Manifest.model_validate(json.loads(manifest_path.read_text(encoding="utf-8")))
-            if self.manifest.prompt != prompt or self.manifest.variant != variant:
+
+def fingerprint(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_dir(output_dir: object, *, create: bool = True) -> Path:
+    """The run folder as a path; a `ConfigurationError` naming it and the OS reason if it cannot be one.
+
+    With `create=False` nothing is made: the path is only checked (a file, an unreachable or unwritable
+    parent), so a command can refuse a bad folder before it loads any model.
+    """
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
+        raise ConfigurationError(f"output_dir must be a folder path, got {output_dir!r}")
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"output_dir {str(path)!r} is a file, not a folder; choose another path")
+    if not create:
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+        if existing != path and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            reason = "is not a folder" if not existing.is_dir() else "is not writable"
+            raise ConfigurationError(f"output_dir {str(path)!r} cannot be created: {str(existing)!r} {reason}")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigurationError(f"output_dir {str(path)!r} cannot be created: {e.strerror or e}") from None
+    return path
+
+
+class _FolderLock:
+    """An exclusive OS lock (`flock`) on `<folder>/.lock`, released when closed or when the process dies."""
+
+    def __init__(self, folder: Path):
+        self.fd: int | None = None
+        self.folder = folder
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            logger.warning("No folder lock on this platform: do not run two processes on %s", folder)
+            return
+        path = folder / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise PermissionError(e.errno, e.strerror) from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise ConfigurationError(
+                f"output_dir {str(folder)!r} is in use by another vchain process ({holder}); wait for it to "
+                "finish, or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+_HELD: dict[Path, _FolderLock] = {}
+
+
+@contextmanager
+def hold(output_dir: str | Path) -> Iterator[Path]:
+    """Take a run folder's lock for the whole block, before any slow start-up (the CLI's first step).
+
+    Run folders opened inside the block in this process use this lock instead of taking their own, so a
+    second process fails within a second of starting rather than after loading its models. A folder
+    made for the block and left holding nothing but the lock is removed again.
+    """
+    path = check_output_dir(output_dir, create=False)
+    created = not path.exists()
+    path = check_output_dir(path)
+    key = path.resolve()
+    try:
+        lock = _FolderLock(path)
+    except PermissionError:  # a read-only folder: RunDirectory reads it as is, or says why not
+        yield path
+        return
+    _HELD[key] = lock
+    try:
+        yield path
+    finally:
+        del _HELD[key]
+        lock.release()
+        if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
+            (path / LOCK_FILE).unlink()
+            path.rmdir()
+
+
+class RunDirectory:
+    """An open run folder: locked, cleaned of what its committed state does not reference, manifest read.
+
+    Args:
+        path: the folder (created if needed).
+        prompt: the run's prompt; a folder holding another prompt is refused.
+        variant: the run's variant; None keeps the folder's (`vchain` for a new one).
+        overwrite: start the folder over: every artifact and stage record goes (request records stay).
+
+    Use as a context manager, or call `close()`: the lock is held until then.
+    """
+
+    def __init__(self, path: str | Path, prompt: str, *, variant: str | None = "vchain", overwrite: bool = False):
+        self.path = check_output_dir(path)
+        self._mutex = threading.RLock()
+        self._saver: threading.Thread | None = None
+        self._saved_lora: list[str] | None = None
+        self.read_only: str | None = None
+        self._lock: _FolderLock | None = None
+        if self.path.resolve() not in _HELD:
+            try:
+                self._lock = _FolderLock(self.path)
+            except PermissionError as e:
+                self.read_only = e.strerror or "permission denied"
+        elif not os.access(self.path, os.W_OK):
+            self.read_only = "permission denied"
+        try:
+            self._refuse_symlinks()
+            self._refuse_foreign()
+            if not self.read_only:
+                self._remove_leftovers()
+            self.manifest = self._open_manifest(prompt, variant)
+            if overwrite:
+                self._start_over()
+            elif not self.read_only:
+                self._remove_unreferenced()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening
+
+    def _open_manifest(self, prompt: str, variant: str | None) -> Manifest:
+        if (self.path / MANIFEST_FILE).is_file():
+            manifest = read_manifest(self.path)
+            if manifest.prompt != prompt or variant not in (None, manifest.variant):
                 raise ConfigurationError(
-                    f"output_dir {str(self.path)!r} holds a run of prompt {self.manifest.prompt!r} "
-                    f"(variant {self.manifest.variant!r}), not {prompt!r} ({variant!r}); "
-                    "choose another folder"
+                    f"output_dir {str(self.path)!r} holds a run of prompt {manifest.prompt!r} (variant "
+                    f"{manifest.variant!r}), not {prompt!r} ({variant or manifest.variant!r}); choose another folder"
                 )
-        else:
-            self.manifest = Manifest(prompt=prompt, variant=variant)
-            self.save()
+            return manifest
+        manifest = Manifest(prompt=prompt, variant=variant or "vchain")
+        if (self.path / CHAIN_FILE).is_file():
+            self._import_chain(manifest, prompt)
+        return manifest
+
+    def _import_chain(self, manifest: Manifest, prompt: str) -> None:
+        """A folder with the paper's artifacts and no manifest: the chain is taken as finished reasoning."""
+        chain = ThoughtChain.load(self.path, with_images=True)
+        if chain.input_prompt != prompt:
+            raise ConfigurationError(
+                f"output_dir {str(self.path)!r} holds a chain for {chain.input_prompt!r}, not {prompt!r}"
+            )
+        record = manifest.stages.reasoning
+        record.status, record.fingerprint, record.inputs = "done", IMPORTED, {"imported": True}
+        record.keyframes = len(chain.images)
+        record.outputs = self._digests(chain_files(chain))
+        logger.info("Imported the chain in %s (%d keyframes) as finished reasoning", self.path, len(chain.images))
+
+    def _entries(self) -> Iterator[Path]:
+        """What vchain may touch: the folder's own entries and what is inside `lora/`."""
+        for item in self.path.iterdir():
+            yield item
+            if item.name == LORA_DIR and item.is_dir() and not item.is_symlink():
+                yield from item.rglob("*")
+
+    def _refuse_foreign(self) -> None:
+        names = {p.name for p in self.path.iterdir() if not p.name.startswith(".")}  # hidden: the lock, leftovers
+        if names and not names & {MANIFEST_FILE, CHAIN_FILE}:
+            raise ConfigurationError(
+                f"output_dir {str(self.path)!r} is not empty and holds no vchain run ({len(names)} other "
+                "entries); choose a new or empty folder"
+            )
+
+    def _refuse_symlinks(self) -> None:
+        for path in self._entries():
+            if path.is_symlink():
+                raise ConfigurationError(
+                    f"output_dir {str(self.path)!r} holds a symlink, {str(path)!r}; vchain refuses links "
+                    "inside run folders (they could make it write elsewhere): remove it"
+                )
+
+    def _remove_leftovers(self) -> None:
+        for path in list(self._entries()):
+            if path.name.startswith(".lora-") and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+                path.unlink(missing_ok=True)
+
+    def _remove_unreferenced(self) -> None:
+        """`lora/`, `video.mp4` and keyframes the manifest does not reference go: they are never trusted."""
+        referenced = {name for stage in STAGES for name in self.record(stage).outputs}
+        if self.lora_path.is_dir() and not any(name.startswith(f"{LORA_DIR}/") for name in referenced):
+            shutil.rmtree(self.lora_path)
+        if self.video_path.is_file() and VIDEO_FILE not in referenced:
+            self.video_path.unlink()
+        for prefix in {name.rsplit("_", 1)[0] for name in referenced if name.endswith("_0.png")}:
+            for path in self.path.glob(f"{prefix}_*.png"):
+                if path.name not in referenced and path.stem.rsplit("_", 1)[-1].isdigit():
+                    path.unlink()
+
+    def _start_over(self) -> None:
+        logger.info("Starting %s over (overwrite)", self.path)
+        for stage in STAGES:
+            self._clear(stage)
+        for path in self.path.glob("*.png"):
+            path.unlink()
+        for name in (CHAIN_FILE, METADATA_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        self.manifest.stages = Stages()
+
+    # -- state
 
     @property
     def video_path(self) -> Path:
@@ -94,42 +387,342 @@ class RunDirectory:
     def lora_path(self) -> Path:
         return self.path / LORA_DIR
 
-    def status(self, stage: str) -> Status:
-        return self.manifest.stages.setdefault(stage, StageRecord()).status
+    def record(self, stage: str) -> StageRecord:
+        return getattr(self.manifest.stages, stage)
 
     def save(self) -> None:
-        self.manifest.updated = _now()
-        _io.write_json(self.path / MANIFEST_FILE, self.manifest.model_dump(mode="json"))
+        """Write `manifest.json` atomically (thread-safe)."""
+        if self.read_only:
+            raise ConfigurationError(
+                f"output_dir {str(self.path)!r} is not writable ({self.read_only}); a finished run is read "
+                "as is, but this one has work left: make the folder writable or choose another"
+            )
+        with self._mutex:
+            if self._saver is not None and not self._saver.is_alive():
+                self._saver.join()
+                self._saver = None
+                self._record_saved_lora()
+            self.manifest.updated = _now()
+            _io.write_json(self.path / MANIFEST_FILE, self.manifest.model_dump(mode="json"))
 
-    def update(self, **fields: Any) -> None:
-        for key, value in fields.items():
-            setattr(self.manifest, key, value)
-        self.save()
+    def finished(self, stage: str, inputs: dict | None) -> bool:
+        """Whether `stage` is done with these inputs (None: whatever they were) and its outputs are intact."""
+        record = self.record(stage)
+        if record.status != "done":
+            return False
+        if inputs is not None and record.fingerprint not in (fingerprint(inputs), IMPORTED):
+            return False
+        return self.damaged(stage) is None
 
-    def record_usage(self, meter: UsageMeter) -> None:
-        self.manifest.calls = list(meter.records)
-        self.manifest.api = meter.summary()
-        self.save()
+    def damaged(self, stage: str) -> str | None:
+        """The first output of `stage` that is missing or changed since it was recorded, if any."""
+        record = self.record(stage)
+        if stage in ("tuning", "sampling") and not record.outputs and record.status == "done":
+            return f"{stage} left no recorded artifact"
+        for name, digest in record.outputs.items():
+            path = self.path / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if file_digest(path) != digest:
+                return f"{name} changed since it was written"
+        return None
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[StageRecord]:
-        """Mark `name` running; done on success, failed (with the error) on an exception, timed either way."""
-        record = self.manifest.stages.setdefault(name, StageRecord())
-        record.status, record.error = "running", None
+    # -- steps
+
+    def step(
+        self,
+        stage: str,
+        inputs: dict | None,
+        *,
+        compute: Callable[[StageRecord], T],
+        load: Callable[[StageRecord], T],
+        paid: bool = False,
+        missing: str = "",
+    ) -> T:
+        """Reuse `stage` if it is finished with these inputs, else do it (resuming a partial paid stage).
+
+        Args:
+            inputs: what the stage reads, or None when the pipeline lacks the components to do it: it
+                must then be finished (with whatever inputs), else a `ConfigurationError` naming `missing`.
+            compute: does the stage, given its record (`running`); writes its artifacts.
+            load: reads a finished stage's result back from the folder.
+            paid: the stage costs money (reasoning): a change of inputs is refused, never redone silently.
+        """
+        record = self.record(stage)
+        if inputs is None:
+            problem = self.damaged(stage) if record.status == "done" else f"{stage} is not finished"
+            if problem is None:
+                return load(record)
+            raise ConfigurationError(f"{problem} in {str(self.path)!r}, and the pipeline has no {missing} to redo it")
+        new = fingerprint(inputs)
+        if record.status == "done" and record.fingerprint in (new, IMPORTED):
+            problem = self.damaged(stage)
+            if problem is None:
+                return load(record)
+            if paid:
+                raise VChainError(
+                    f"{stage} in {str(self.path)!r} is finished but {problem}; restore it, or redo the run "
+                    "with overwrite=True (--overwrite)"
+                )
+            logger.warning("%s: %s; redoing %s", self.path, problem, stage)
+        elif record.fingerprint is not None and record.fingerprint != new:
+            changes = differences(record.inputs, inputs)
+            if paid and self._has_progress(stage):
+                raise ConfigurationError(
+                    f"{stage} in {str(self.path)!r} was done with other inputs ({changes}); it is paid work, so "
+                    "it is not redone silently: pass overwrite=True (--overwrite) to redo the run, or choose "
+                    "another folder"
+                )
+            logger.info("%s: %s inputs changed (%s); redoing %s and what depends on it", self.path, stage, changes,
+                        stage)  # fmt: skip
+        elif record.status in ("running", "failed"):
+            logger.info("%s: resuming %s", self.path, stage)
+        if record.fingerprint != new:
+            self._clear(stage)
+            record = self.record(stage)
+        return self._run(stage, record, new, inputs, compute)
+
+    def _run(self, stage: str, record: StageRecord, new: str, inputs: dict, compute: Callable[[StageRecord], T]) -> T:
+        record.status, record.error, record.fingerprint, record.inputs = "running", None, new, inputs
+        self.manifest.versions = package_versions()
         self.save()
         start = time.perf_counter()
         try:
-            yield record
+            result = compute(record)
         except BaseException as e:
-            record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+            record.status, record.error = "failed", redact(f"{type(e).__name__}: {e}")[:2000]
             raise
         else:
             record.status = "done"
+            return result
         finally:
             record.total_seconds = round(record.total_seconds + time.perf_counter() - start, 3)
             self.save()
 
-    def skip(self, name: str, reason: str) -> None:
-        record = self.manifest.stages.setdefault(name, StageRecord())
-        record.status, record.detail = "skipped", {"reason": reason}
+    def skip(self, stage: str, reason: str) -> None:
+        record = self.record(stage)
+        if record.status != "skipped":
+            record.status, record.error, record.inputs = "skipped", None, {"reason": reason}
+            self.save()
+
+    def _has_progress(self, stage: str) -> bool:
+        record = self.record(stage)
+        return bool(record.outputs or getattr(record, "answers", None) or (self.path / CHAIN_FILE).exists())
+
+    def _clear(self, stage: str) -> None:
+        """Forget `stage` and remove its artifacts (the chain's are kept: only overwrite removes them)."""
+        record = self.record(stage)
+        for name in record.outputs:
+            if stage != "reasoning":
+                (self.path / name).unlink(missing_ok=True)
+        if stage == "tuning":
+            shutil.rmtree(self.lora_path, ignore_errors=True)
+        if stage == "sampling":
+            self.video_path.unlink(missing_ok=True)
+        setattr(self.manifest.stages, stage, type(record)())
+
+    def set_outputs(self, stage: str, names: list[str]) -> None:
+        with self._mutex:
+            self.record(stage).outputs = self._digests(names)
+
+    def _digests(self, names: list[str]) -> dict[str, str]:
+        return {name: file_digest(self.path / name) for name in names}
+
+    # -- what stages use
+
+    def meter(self) -> UsageMeter:
+        """A meter that continues the folder's request records and saves each new one as it lands."""
+
+        def persist(meter: UsageMeter) -> None:
+            self.manifest.calls = list(meter.records)
+            self.manifest.usage = meter.summary()
+            self.save()
+
+        return UsageMeter(self.manifest.calls, on_record=persist)
+
+    def partial_chain(self) -> ThoughtChain | None:
+        """The committed chain of an unfinished reasoning stage; keyframes beyond its captions are removed."""
+        if not (self.path / CHAIN_FILE).is_file():
+            return None
+        chain = ThoughtChain.load(self.path, with_images=False)
+        committed = set(chain.file_names)
+        for path in self.path.glob(f"{chain.name}_*.png"):
+            if path.name not in committed:
+                path.unlink()
+        if (self.path / chain.file_names[0]).is_file():
+            chain = ThoughtChain.load(self.path, with_images=True)
+        return chain
+
+    def reasoning_log(self) -> ReasoningLog:
+        return _FolderReasoningLog(self)
+
+    def write_video(self, frames, fps: int) -> float:
+        """Write `video.mp4` atomically and record it; returns the seconds it took."""
+        from vchain.video import write_video
+
+        start = time.perf_counter()
+        write_video(frames, self.video_path, fps=fps)
+        self.set_outputs("sampling", [VIDEO_FILE])
+        return round(time.perf_counter() - start, 3)
+
+    def save_adapter(self, adapter) -> None:
+        """Write the adapter to `lora/` in the background (sampling goes on from memory meanwhile).
+
+        It is staged in a fresh hidden folder and moved in complete, so `lora/` is whole or absent. The
+        thread touches files only; the manifest (written by this thread alone) records `lora/` at its next
+        save once the move is done, so an unrecorded `lora/` is never trusted.
+        """
+        self.wait_for_adapter()
+        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".lora-"))
+
+        def save() -> None:
+            try:
+                adapter.save(staging)
+                for root, dirs, files in os.walk(staging):
+                    for name in dirs + files:
+                        os.chmod(Path(root) / name, 0o755 if name in dirs else 0o644)
+                os.chmod(staging, 0o755)
+                shutil.rmtree(self.lora_path, ignore_errors=True)
+                staging.rename(self.lora_path)
+                self._saved_lora = sorted(
+                    str(p.relative_to(self.path)) for p in self.lora_path.rglob("*") if p.is_file()
+                )
+            except Exception as e:
+                logger.error("Saving the adapter to %s failed (%s); a resumed run will tune again", self.lora_path, e)
+                shutil.rmtree(staging, ignore_errors=True)
+
+        self._saver = threading.Thread(target=save, name="vchain-save-lora")
+        self._saver.start()
+
+    def wait_for_adapter(self) -> None:
+        """Wait for a background adapter save, and record `lora/` if it landed."""
+        if self._saver is None:
+            return
+        self._saver.join()
+        self._saver = None
+        self._record_saved_lora()
         self.save()
+
+    def _record_saved_lora(self) -> None:
+        files, self._saved_lora = self._saved_lora, None
+        if files is not None and self.record("tuning").status == "done":
+            self.set_outputs("tuning", files)
+
+    def close(self) -> None:
+        self.wait_for_adapter()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _FolderReasoningLog(ReasoningLog):
+    """Paid answers go into the manifest before the edit that uses them; the chain is saved per step."""
+
+    def __init__(self, run: RunDirectory):
+        record = run.manifest.stages.reasoning
+        super().__init__({a.index: a for a in record.answers})
+        self.run, self.record = run, record
+
+    def record_answer(self, answer: KeyframeAnswer) -> None:
+        super().record_answer(answer)
+        self.record.answers = [a for a in self.record.answers if a.index != answer.index] + [answer]
+        self.run.save()
+
+    def commit(self, chain: ThoughtChain) -> None:
+        chain.save(self.run.path)
+        self.record.keyframes = len(chain.images)
+
+
+class NullRun:
+    """The run of a pipeline call without `output_dir`: every step runs, nothing is written."""
+
+    path = None
+    video_path = None
+    manifest = None
+    read_only = None
+
+    def record(self, stage: str) -> StageRecord:
+        return {"reasoning": ReasoningRecord, "tuning": TuningRecord, "sampling": SamplingRecord}[stage]()
+
+    def finished(self, stage: str, inputs: dict | None) -> bool:
+        return False
+
+    def step(self, stage: str, inputs: dict | None, *, compute, load, paid=False, missing="") -> Any:
+        if inputs is None:
+            raise ConfigurationError(f"VChainPipeline has no {missing}, needed for {stage}")
+        return compute(self.record(stage))
+
+    def skip(self, stage: str, reason: str) -> None:
+        pass
+
+    def set_outputs(self, stage: str, names: list[str]) -> None:
+        pass
+
+    def meter(self) -> UsageMeter:
+        return UsageMeter()
+
+    def partial_chain(self) -> None:
+        return None
+
+    def reasoning_log(self) -> ReasoningLog:
+        return ReasoningLog()
+
+    def write_video(self, frames, fps: int) -> float:
+        return 0.0
+
+    def save_adapter(self, adapter) -> None:
+        pass
+
+    def wait_for_adapter(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NullRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def chain_files(chain: ThoughtChain) -> list[str]:
+    """The artifacts of a chain in its folder: `chain.json`, `metadata.csv` (once there are images), PNGs."""
+    names = [CHAIN_FILE]
+    if chain.images:
+        names += [METADATA_FILE, *chain.file_names]
+    return names
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> str:
+    """The fields that differ between two input records, `a.b: old -> new`, for log lines and errors."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = differences(a, b, f"{name}.")
+            if inner:
+                changes.append(inner)
+        elif a != b:
+            changes.append(f"{name}: {_short(a)} -> {_short(b)}")
+    return "; ".join(changes)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def iter_runs(root: str | Path) -> Iterator[Path]:
+    """Every run folder (a folder with `manifest.json`) at or below `root`, in sorted order."""
+    root = Path(root)
+    for path in sorted(root.rglob(MANIFEST_FILE)):
+        if not any(part.startswith(".") for part in path.relative_to(root).parts):
+            yield path.parent

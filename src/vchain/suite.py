@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vchain import _io
+from vchain._redact import redact
 from vchain.chain import chain_name
-from vchain.errors import ConfigurationError
-from vchain.run import MANIFEST_FILE, STAGES
+from vchain.errors import ConfigurationError, VChainError
+from vchain.run import MANIFEST_FILE, read_manifest
+from vchain.variants import STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ PAPER_CASES = (
 
 @dataclass(frozen=True)
 class SuiteRun:
+    """One run of the suite: case `case` of `PAPER_CASES` (or of the given prompts) under `variant`."""
+
     case: int
     prompt: str
     variant: str
@@ -59,18 +62,39 @@ class SuiteRun:
         return f"{self.path.parent.name}/{self.variant}"
 
 
-def plan_runs(root: str | Path, prompts: Sequence[str], variants: Sequence[str]) -> list[SuiteRun]:
-    from vchain.pipeline import VARIANTS
+def parse_cases(text: str, count: int = len(PAPER_CASES)) -> list[int]:
+    """Case numbers from `"0,4,13"`; each within 0..count-1, none twice."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if not all(part.isdigit() for part in parts) or not parts:
+        raise ConfigurationError(f"--cases must be comma-separated case numbers 0-{count - 1}, got {text!r}")
+    cases = [int(part) for part in parts]
+    if any(case >= count for case in cases):
+        raise ConfigurationError(f"--cases must be case numbers 0-{count - 1}, got {text!r}")
+    if len(set(cases)) != len(cases):
+        raise ConfigurationError(f"--cases names a case twice: {text!r}")
+    return cases
+
+
+def plan_runs(
+    root: str | Path,
+    cases: Sequence[int],
+    variants: Sequence[str],
+    prompts: Sequence[str] = PAPER_CASES,
+) -> list[SuiteRun]:
+    """The runs of `cases` x `variants`; a case's folder is named by its number, whatever the selection."""
+    from vchain.variants import VARIANTS
 
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ConfigurationError(f"variants must be among {sorted(VARIANTS)}, got {list(variants)!r}")
-    if not prompts:
+    if unknown or not variants or len(set(variants)) != len(variants):
+        raise ConfigurationError(f"variants must be distinct names among {list(VARIANTS)}, got {list(variants)!r}")
+    if not cases:
         raise ConfigurationError("the suite needs at least one case, got none")
+    if len(set(cases)) != len(cases) or not all(isinstance(c, int) and 0 <= c < len(prompts) for c in cases):
+        raise ConfigurationError(f"cases must be distinct numbers in 0..{len(prompts) - 1}, got {list(cases)!r}")
     root = Path(root)
     return [
-        SuiteRun(i, prompt, variant, root / f"{i:02d}_{chain_name(prompt)}" / variant)
-        for i, prompt in enumerate(prompts)
+        SuiteRun(case, prompts[case], variant, root / f"{case:02d}_{chain_name(prompts[case])}" / variant)
+        for case in cases
         for variant in variants
     ]
 
@@ -78,9 +102,10 @@ def plan_runs(root: str | Path, prompts: Sequence[str], variants: Sequence[str])
 def run_suite(
     make_pipeline: Callable[[], object],
     root: str | Path,
-    prompts: Sequence[str] = PAPER_CASES,
+    cases: Sequence[int] | None = None,
     variants: Sequence[str] = ("vchain",),
     *,
+    prompts: Sequence[str] = PAPER_CASES,
     seed: int = 0,
 ) -> list[SuiteRun]:
     """Run this process's share of cases x variants; the main process then writes the summary.
@@ -91,23 +116,25 @@ def run_suite(
     import torch
     from accelerate import PartialState
 
+    cases = list(range(len(prompts))) if cases is None else list(cases)
+    runs = plan_runs(root, cases, variants, prompts)
     # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU) under torchrun.
     state = PartialState(cpu=not torch.cuda.is_available())
-    runs = plan_runs(root, prompts, variants)
     mine = runs[state.process_index :: state.num_processes]
-    logger.info(
-        "Process %d/%d takes %d of %d runs", state.process_index, state.num_processes, len(mine), len(runs)
-    )
+    logger.info("Process %d/%d takes %d of %d runs", state.process_index, state.num_processes, len(mine), len(runs))
     pipe = make_pipeline()
-    done = []
+    outcomes = []
     for run in mine:
         try:
             pipe(run.prompt, run.path, variant=run.variant, seed=seed)
-            done.append({"run": run.id, "status": "done"})
+            outcomes.append({"run": run.id, "status": "done"})
         except Exception as e:  # one broken case must not stop the suite
             logger.error("Run %s failed: %s", run.id, e)
-            done.append({"run": run.id, "status": "failed", "error": str(e)})
-    _io.write_json(Path(root) / ".shards" / f"process_{state.process_index}.json", done)
+            outcomes.append({"run": run.id, "status": "failed", "error": redact(str(e))})
+    shards = Path(root) / ".shards"
+    if shards.is_symlink():
+        raise ConfigurationError(f"{str(shards)!r} is a symlink; vchain refuses to write through it")
+    _io.write_json(shards / f"process_{state.process_index}.json", outcomes)
     state.wait_for_everyone()
     if state.is_main_process:
         write_summary(root, runs)
@@ -115,7 +142,7 @@ def run_suite(
 
 
 SUMMARY_COLUMNS = (
-    "run", "variant", "status", "reasoning_s", "tuning_s", "sampling_s", "api_calls", "input_tokens",
+    "run", "variant", "status", "reasoning_s", "tuning_s", "sampling_s", "requests", "input_tokens",
     "output_tokens", "images", "keyframes",
 )  # fmt: skip
 
@@ -124,22 +151,21 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
     """`summary.csv` and `summary.md`: per run, its status, per-stage times and API usage."""
     rows = []
     for run in runs:
-        path = run.path / MANIFEST_FILE
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
-        stages = manifest.get("stages", {})
-        statuses = {s: r.get("status") for s, r in stages.items()}
-        status = (
-            "failed" if "failed" in statuses.values()
-            else "done" if statuses and all(v in ("done", "skipped") for v in statuses.values())
-            else "incomplete"
-        )  # fmt: skip
-        api = manifest.get("api", {})
+        try:
+            manifest = read_manifest(run.path) if (run.path / MANIFEST_FILE).is_file() else None
+        except VChainError as e:
+            logger.warning("Skipping %s in the summary: %s", run.id, e)
+            manifest = None
+        if manifest is None:
+            rows.append({**dict.fromkeys(SUMMARY_COLUMNS, ""), "run": run.id, "variant": run.variant,
+                         "status": "missing"})  # fmt: skip
+            continue
+        stages, usage = manifest.stages, manifest.usage
         rows.append({
-            "run": run.id, "variant": run.variant, "status": status,
-            **{f"{s}_s": stages.get(s, {}).get("total_seconds", 0.0) for s in STAGES},
-            "api_calls": api.get("calls", 0), "input_tokens": api.get("input_tokens", 0),
-            "output_tokens": api.get("output_tokens", 0), "images": api.get("images_out", 0),
-            "keyframes": stages.get("reasoning", {}).get("detail", {}).get("keyframes", ""),
+            "run": run.id, "variant": run.variant, "status": manifest.status(),
+            **{f"{s}_s": getattr(stages, s).total_seconds for s in STAGES},
+            "requests": usage.requests, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "images": usage.images_out, "keyframes": stages.reasoning.keyframes or "",
         })  # fmt: skip
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, lineterminator="\n")

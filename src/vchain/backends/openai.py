@@ -1,8 +1,12 @@
-"""OpenAI backends: `OpenAIReasoner` (chat + vision, structured output) and `OpenAIImageBackend`.
+"""OpenAI backends: `OpenAIReasoner` (chat + vision, structured output), `OpenAIImageBackend`, and
+`OpenAIJudge` (the reasoner's structured call, scoring videos).
 
-Both work with any OpenAI-compatible server: pass `base_url=` (or set `OPENAI_BASE_URL`), or inject a
-ready `openai.OpenAI` client. Transient failures (429, 5xx, timeouts) are retried by the client
-(`max_retries`); malformed answers raise `MalformedResponseError`, which the reasoning loop re-asks.
+All work with any OpenAI-compatible server: pass `base_url=` (or set `OPENAI_BASE_URL`), or inject a
+ready `openai.OpenAI` client. Transient failures (429, 5xx, timeouts, dropped connections) are retried
+up to the client's `max_retries` with its backoff, honouring `Retry-After`; vchain sends each attempt
+itself so that every one is counted in the run's manifest, as the server would bill it. Malformed
+answers (invalid JSON, a truncated answer, a body that is not an API response, an image that does not
+decode) raise `MalformedResponseError`, which the reasoning loop asks again.
 """
 
 from __future__ import annotations
@@ -10,34 +14,51 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from vchain import prompts
-from vchain.accounting import report_usage
-from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain
+from vchain._redact import redact, register_secret
+from vchain.accounting import report_request
+from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
+from vchain.config import describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError, RefusalError
-from vchain.interfaces import ImageBackend, Reasoner
+from vchain.images import UnreadableImageError, read_image
+from vchain.interfaces import ImageBackend, Judge, Reasoner
+from vchain.judging import VideoScores, judge_messages
 
+T = TypeVar("T")
 GPT_IMAGE_SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}
+# gpt-image-1 takes at most 16 input images per edit.
+GPT_IMAGE_MAX_REFERENCES = 16
+_RETRY_STATUS = (408, 409, 429)
 
 
 def make_client(
-    api_key: str | None = None, base_url: str | None = None, *, timeout: float = 120.0, max_retries: int = 2
+    api_key: str | None = None,
+    base_url: str | None = None,
+    *,
+    timeout: float = 120.0,
+    max_retries: int = 2,
+    argument: str = "base_url",
 ):
     """An `openai.OpenAI` client from arguments or `OPENAI_API_KEY` / `OPENAI_BASE_URL`.
 
-    Raises `ConfigurationError` naming `OPENAI_API_KEY` when no key can be found. A server reached
-    through a base URL (vLLM, Ollama, a local stand-in) may need no key; one is then not required.
+    Raises `ConfigurationError` naming `OPENAI_API_KEY` when no key can be found, or naming `argument`
+    when the URL is not an http(s) URL. A server reached through a base URL (vLLM, Ollama, a local
+    stand-in) may need no key; one is then not required.
     """
-    try:
-        import openai
-    except ImportError as e:  # pragma: no cover - openai is a core dependency
-        raise ConfigurationError("the OpenAI backends need the openai package: pip install openai") from e
+    import openai
+
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+        raise ConfigurationError(f"{argument} must be an http:// or https:// URL, got {base_url!r}")
     if not api_key:
         if base_url is None:
             raise ConfigurationError(
@@ -45,6 +66,10 @@ def make_client(
                 "or pass base_url=... for an OpenAI-compatible server that needs none"
             )
         api_key = "not-needed"
+    for name, value, low in (("timeout", timeout, 0), ("max_retries", max_retries, 0)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+            raise ConfigurationError(f"{name} must be a non-negative number, got {value!r}")
+    register_secret(api_key)
     return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
 
@@ -58,16 +83,169 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class OpenAIReasoner(Reasoner):
+class _OpenAIBackend:
+    """The client plumbing both backends share: one client, attempts sent and counted one by one."""
+
+    model: str
+
+    def _connect(self, client, api_key, base_url, timeout, max_retries) -> None:
+        if client is not None and (api_key is not None or base_url is not None):
+            raise ConfigurationError("pass either client= or api_key=/base_url=, not both")
+        client = client or make_client(api_key, base_url, timeout=timeout, max_retries=max_retries)
+        self.base_url = str(client.base_url)
+        self.max_retries = int(client.max_retries)
+        # One attempt per call: the retry loop is ours, so that each attempt is counted.
+        self.client = client.with_options(max_retries=0)
+
+    def _send(self, send: Callable[[], T], *, images_in: int = 0) -> tuple[T, float]:
+        """`send()` with retries of transient failures; each failed attempt is reported as it happens."""
+        import openai
+
+        for attempt in range(self.max_retries + 1):
+            start = time.perf_counter()
+            try:
+                return send(), time.perf_counter() - start
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                seconds = time.perf_counter() - start
+                status = getattr(e, "status_code", None)
+                retryable = status is None or status in _RETRY_STATUS or status >= 500
+                report_request(model=self.model, outcome="failed", seconds=seconds, images_in=images_in,
+                               error=f"{type(e).__name__}: {e}")  # fmt: skip
+                if not retryable or attempt == self.max_retries:
+                    where = f" at {self.base_url}" if isinstance(e, openai.APIConnectionError) else ""
+                    raise BackendError(
+                        redact(f"{self.model} request failed{where} after {attempt + 1} attempt(s): "
+                               f"{type(e).__name__}: {e}")
+                    ) from e  # fmt: skip
+                time.sleep(_retry_delay(attempt, getattr(e, "response", None)))
+        raise AssertionError("unreachable")
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "model": self.model, **self._settings()}
+
+    def _settings(self) -> dict[str, Any]:
+        return {}
+
+
+def _retry_delay(attempt: int, response) -> float:
+    """The openai client's schedule: `Retry-After` when it is short, else 0.5 s doubling to 8 s, jittered."""
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) * scale
+        except ValueError:
+            continue
+        if 0 < seconds <= 60:
+            return seconds
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
+
+
+class _OpenAIChat(_OpenAIBackend):
+    """A vision chat model answering in structured output: the plumbing the reasoner and the judge share."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        client,
+        api_key: str | None,
+        base_url: str | None,
+        temperature: float | None,
+        image_detail: str,
+        timeout: float,
+        max_retries: int,
+    ):
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
+        if image_detail not in ("auto", "low", "high"):
+            raise ConfigurationError(f"image_detail must be 'auto', 'low' or 'high', got {image_detail!r}")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 2):
+            raise ConfigurationError(f"temperature must be None or in [0, 2], got {temperature!r}")
+        self.model = model
+        self.temperature = temperature
+        self.image_detail = image_detail
+        self._connect(client, api_key, base_url, timeout, max_retries)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "image_detail": self.image_detail}
+
+    def _sampling(self) -> dict:
+        return {} if self.temperature is None else {"temperature": self.temperature}
+
+    def _messages(self, messages: list[dict]) -> list[dict]:
+        """vchain's neutral messages in the chat-completions layout (images as data URLs)."""
+        converted = []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, list):
+                if len(content) == 1 and content[0]["type"] == "text":
+                    content = content[0]["text"]
+                else:
+                    content = [
+                        {"type": "image_url", "image_url": {"url": image_to_data_url(p["image"]),
+                                                            "detail": self.image_detail}}
+                        if p["type"] == "image" else p
+                        for p in content
+                    ]  # fmt: skip
+            converted.append({**message, "content": content})
+        return converted
+
+    def _parse(self, messages: list[dict], schema: type[BaseModel]):
+        import openai
+
+        images_in = sum(p.get("type") == "image" for m in messages if isinstance(m["content"], list)
+                        for p in m["content"])  # fmt: skip
+        body = self._messages(messages)
+        try:
+            completion, seconds = self._send(
+                lambda: self.client.chat.completions.parse(
+                    model=self.model, messages=body, response_format=schema, **self._sampling()
+                ),
+                images_in=images_in,
+            )
+        except openai.ContentFilterFinishReasonError as e:
+            report_request(model=self.model, outcome="refused", images_in=images_in, error="content filter")
+            raise RefusalError(f"{self.model}'s content filter stopped the answer") from e
+        except (ValidationError, openai.LengthFinishReasonError, ValueError) as e:
+            usage = getattr(getattr(e, "completion", None), "usage", None)
+            report_request(model=self.model, outcome="malformed", images_in=images_in, error=type(e).__name__,
+                           **_tokens(usage))  # fmt: skip
+            detail = describe_errors(e) if isinstance(e, ValidationError) else str(e)
+            raise MalformedResponseError(f"{self.model} did not return a valid {schema.__name__}: {detail}") from e
+        message = self._message(completion, seconds, images_in=images_in)
+        if message.parsed is None:
+            raise MalformedResponseError(f"{self.model} returned no {schema.__name__}")
+        return message.parsed
+
+    def _message(self, completion, seconds: float, *, images_in: int):
+        """The answer's message; the attempt is reported with its usage and outcome."""
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            report_request(model=self.model, outcome="malformed", seconds=seconds, images_in=images_in,
+                           error="not a chat completion")  # fmt: skip
+            raise MalformedResponseError(
+                f"{self.base_url} answered {self.model} with something that is not a chat completion: "
+                f"{str(completion)[:120]!r}"
+            )
+        message = choices[0].message
+        outcome = "refused" if message.refusal else "ok"
+        report_request(model=self.model, outcome=outcome, seconds=seconds, images_in=images_in,
+                       **_tokens(completion.usage))  # fmt: skip
+        if message.refusal:
+            raise RefusalError(f"{self.model} refused: {message.refusal}")
+        return message
+
+
+class OpenAIReasoner(_OpenAIChat, Reasoner):
     """A chat model with vision (default `gpt-4o`) answering in JSON-schema structured output.
 
     Args:
         model: chat model name.
-        client: a ready `openai.OpenAI` client; when given, the key and URL arguments are ignored.
+        client: a ready `openai.OpenAI` client (its `max_retries` is kept); not with `api_key`/`base_url`.
         api_key, base_url: default to `OPENAI_API_KEY` / `OPENAI_BASE_URL`.
         temperature: sampling temperature, or None for the server's default.
-        image_detail: `"auto"`, `"low"` or `"high"` for the composite image.
-        timeout, max_retries: the client's per-request timeout and transient-error retries.
+        image_detail: `"auto"`, `"low"` or `"high"` for the images sent.
+        timeout, max_retries: per-attempt timeout and transient-error retries.
     """
 
     def __init__(
@@ -82,106 +260,40 @@ class OpenAIReasoner(Reasoner):
         timeout: float = 120.0,
         max_retries: int = 2,
     ):
-        if image_detail not in ("auto", "low", "high"):
-            raise ConfigurationError(f"image_detail must be 'auto', 'low' or 'high', got {image_detail!r}")
-        self.model = model
-        self.temperature = temperature
-        self.image_detail = image_detail
-        self.client = client or make_client(api_key, base_url, timeout=timeout, max_retries=max_retries)
+        super().__init__(
+            model, client=client, api_key=api_key, base_url=base_url, temperature=temperature,
+            image_detail=image_detail, timeout=timeout, max_retries=max_retries,
+        )  # fmt: skip
 
     def plan(self, prompt: str) -> ScenePlan:
-        messages = [
-            {"role": "system", "content": prompts.PLAN_SYSTEM},
-            {"role": "user", "content": f"Video prompt: {prompt}"},
-        ]
-        return self._parse(messages, ScenePlan)
+        return self._parse(prompts.plan_messages(prompt), ScenePlan)
 
     def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
-        text = prompts.NEXT_KEYFRAME_USER.format(
-            prompt=chain.input_prompt,
-            consequences=chain.consequences,
-            captions=prompts.format_captions(chain.captions),
-            count=len(chain.images),
-            next_index=len(chain.images),
-        )
-        messages = [
-            {"role": "system", "content": prompts.NEXT_KEYFRAME_SYSTEM},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": text},
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": image_to_data_url(composite), "detail": self.image_detail},
-                    },
-                ],
-            },
-        ]
-        return self._parse(messages, NextKeyframe, images_in=1)
+        return self._parse(prompts.next_keyframe_messages(chain, composite), NextKeyframe)
+
+    def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
+        return self._parse(prompts.verify_messages(chain, image, caption), KeyframeVerdict)
 
     def augment_prompt(self, prompt: str) -> str:
-        messages = [
-            {"role": "system", "content": prompts.AUGMENT_SYSTEM},
-            {"role": "user", "content": prompt},
-        ]
-        completion = self._request(
-            lambda: self.client.chat.completions.create(
-                model=self.model, messages=messages, **self._sampling()
-            )
+        messages = self._messages(prompts.augment_messages(prompt))
+        completion, seconds = self._send(
+            lambda: self.client.chat.completions.create(model=self.model, messages=messages, **self._sampling())
         )
-        self._report(completion)
-        choice = completion.choices[0]
-        if choice.message.refusal:
-            raise RefusalError(f"{self.model} refused to rewrite the prompt: {choice.message.refusal}")
-        text = (choice.message.content or "").strip()
+        message = self._message(completion, seconds, images_in=0)
+        text = (message.content or "").strip()
         if not text:
             raise MalformedResponseError(f"{self.model} returned an empty rewrite")
         return text
 
-    def _sampling(self) -> dict:
-        return {} if self.temperature is None else {"temperature": self.temperature}
 
-    def _parse(self, messages: list, schema: type[BaseModel], images_in: int = 0):
-        import openai
-
-        try:
-            completion = self._request(
-                lambda: self.client.chat.completions.parse(
-                    model=self.model, messages=messages, response_format=schema, **self._sampling()
-                )
-            )
-        except openai.ContentFilterFinishReasonError as e:
-            raise RefusalError(f"{self.model}'s content filter stopped the answer") from e
-        except (ValidationError, openai.LengthFinishReasonError, ValueError) as e:
-            report_usage(model=self.model, images_in=images_in)
-            raise MalformedResponseError(f"{self.model} did not return a valid {schema.__name__}: {e}") from e
-        self._report(completion, images_in=images_in)
-        message = completion.choices[0].message
-        if message.refusal:
-            raise RefusalError(f"{self.model} refused: {message.refusal}")
-        if message.parsed is None:
-            raise MalformedResponseError(f"{self.model} returned no {schema.__name__}")
-        return message.parsed
-
-    def _request(self, send):
-        import openai
-
-        try:
-            return send()
-        except openai.APIError as e:
-            raise BackendError(f"{self.model} request failed after retries: {type(e).__name__}: {e}") from e
-
-    def _report(self, completion, images_in: int = 0) -> None:
-        usage = completion.usage
-        report_usage(
-            model=self.model,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-            images_in=images_in,
-        )
+def _tokens(usage) -> dict[str, int]:
+    return {
+        "input_tokens": getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", None) or 0,
+        "output_tokens": getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", None) or 0,
+    }
 
 
-class OpenAIImageBackend(ImageBackend):
+class OpenAIImageBackend(_OpenAIBackend, ImageBackend):
     """An OpenAI image model (default `gpt-image-1`) for `images.generate` and `images.edit`.
 
     Args:
@@ -191,6 +303,8 @@ class OpenAIImageBackend(ImageBackend):
         quality: `"low"`, `"medium"`, `"high"` or `"auto"`.
         client, api_key, base_url, timeout, max_retries: as for `OpenAIReasoner`.
     """
+
+    max_references = GPT_IMAGE_MAX_REFERENCES
 
     def __init__(
         self,
@@ -204,12 +318,19 @@ class OpenAIImageBackend(ImageBackend):
         timeout: float = 300.0,
         max_retries: int = 2,
     ):
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
         if quality not in ("low", "medium", "high", "auto"):
             raise ConfigurationError(f"quality must be 'low', 'medium', 'high' or 'auto', got {quality!r}")
+        if size is not None and size not in GPT_IMAGE_SIZES:
+            raise ConfigurationError(f"size must be None or one of {list(GPT_IMAGE_SIZES)}, got {size!r}")
         self.model = model
         self.size = size
         self.quality = quality
-        self.client = client or make_client(api_key, base_url, timeout=timeout, max_retries=max_retries)
+        self._connect(client, api_key, base_url, timeout, max_retries)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"size": self.size, "quality": self.quality}
 
     def request_size(self, width: int, height: int) -> str:
         """The size to request for a width x height frame: fixed, or the nearest supported aspect."""
@@ -219,51 +340,79 @@ class OpenAIImageBackend(ImageBackend):
         return min(GPT_IMAGE_SIZES, key=lambda size: abs(GPT_IMAGE_SIZES[size] - aspect))
 
     def generate(self, prompt: str, *, width: int, height: int) -> Image.Image:
+        size = self.request_size(width, height)
         return self._image(
-            lambda: self.client.images.generate(
-                model=self.model,
-                prompt=prompt,
-                size=self.request_size(width, height),
-                quality=self.quality,
-                n=1,
-            )
+            lambda: self.client.images.generate(model=self.model, prompt=prompt, size=size, quality=self.quality, n=1)
         )
 
     def edit(self, images: Sequence[Image.Image], prompt: str, *, width: int, height: int) -> Image.Image:
         if not images:
             raise ConfigurationError("images must hold at least one reference image to edit, got none")
         files = [(f"keyframe_{i}.png", _png_bytes(image), "image/png") for i, image in enumerate(images)]
+        size = self.request_size(width, height)
         return self._image(
             lambda: self.client.images.edit(
-                model=self.model,
-                image=files,
-                prompt=prompt,
-                size=self.request_size(width, height),
-                quality=self.quality,
-                n=1,
+                model=self.model, image=files, prompt=prompt, size=size, quality=self.quality, n=1
             ),
             images_in=len(files),
         )
 
     def _image(self, send, images_in: int = 0) -> Image.Image:
-        import openai
-
-        try:
-            response = send()
-        except openai.APIError as e:
-            raise BackendError(f"{self.model} request failed after retries: {type(e).__name__}: {e}") from e
+        response, seconds = self._send(send, images_in=images_in)
+        data = getattr(response, "data", None)
         usage = getattr(response, "usage", None)
-        report_usage(
-            model=self.model,
-            input_tokens=getattr(usage, "input_tokens", 0) or 0,
-            output_tokens=getattr(usage, "output_tokens", 0) or 0,
-            images_in=images_in,
-            images_out=len(response.data or []),
-        )
-        if not response.data or not response.data[0].b64_json:
-            raise MalformedResponseError(f"{self.model} returned no base64 image data")
+        if not isinstance(data, list) or not data or not getattr(data[0], "b64_json", None):
+            report_request(model=self.model, outcome="malformed", seconds=seconds, images_in=images_in,
+                           error="no image data", **_tokens(usage))  # fmt: skip
+            raise MalformedResponseError(
+                f"{self.base_url} answered {self.model} without base64 image data: {str(response)[:120]!r}"
+            )
         try:
-            with Image.open(io.BytesIO(base64.b64decode(response.data[0].b64_json))) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as e:
+            image = read_image(base64.b64decode(data[0].b64_json))
+        except (UnreadableImageError, ValueError) as e:
+            report_request(model=self.model, outcome="malformed", seconds=seconds, images_in=images_in,
+                           images_out=len(data), error=str(e), **_tokens(usage))  # fmt: skip
             raise MalformedResponseError(f"{self.model} returned image data that does not decode: {e}") from e
+        report_request(model=self.model, seconds=seconds, images_in=images_in, images_out=len(data),
+                       **_tokens(usage))  # fmt: skip
+        return image
+
+
+class OpenAIJudge(_OpenAIChat, Judge):
+    """A vision chat model (default `gpt-4o`) scoring videos in the `VideoScores` structured output.
+
+    Args:
+        model: chat model name.
+        grid: send the frames tiled into one image (`vchain.judging.GRID_MAX_PIXELS`) instead of one
+            image each: a fixed image bill per video, at a lower resolution per frame.
+        temperature: sampling temperature; 0 by default so a judge repeats its scores as far as the
+            server allows (None for models that take no temperature).
+        client, api_key, base_url, image_detail, timeout, max_retries: as for `OpenAIReasoner`.
+    """
+
+    def __init__(
+        self,
+        model: str = "gpt-4o",
+        *,
+        grid: bool = False,
+        client=None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        temperature: float | None = 0.0,
+        image_detail: str = "auto",
+        timeout: float = 120.0,
+        max_retries: int = 2,
+    ):
+        if not isinstance(grid, bool):
+            raise ConfigurationError(f"grid must be True or False, got {grid!r}")
+        self.grid = grid
+        super().__init__(
+            model, client=client, api_key=api_key, base_url=base_url, temperature=temperature,
+            image_detail=image_detail, timeout=timeout, max_retries=max_retries,
+        )  # fmt: skip
+
+    def _settings(self) -> dict[str, Any]:
+        return {**super()._settings(), "grid": self.grid}
+
+    def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
+        return self._parse(judge_messages(prompt, frames, grid=self.grid), VideoScores)

@@ -1,11 +1,7 @@
-"""Test doubles shipped with vchain: run the whole pipeline offline, in your tests or in `vchain demo`.
+"""A local OpenAI-compatible HTTP server (127.0.0.1, free port) for the real `openai` client.
 
-- `ScriptedReasoner`: a `Reasoner` that answers from a script and records what it was asked.
-- `DrawingImageBackend`: an `ImageBackend` that draws recognisable, deterministic images.
-- `FakeOpenAIServer`: a local OpenAI-compatible HTTP server (127.0.0.1, free port) for the real `openai`
-  client: chat completions with structured output and image inputs, image generations and edits,
-  served from scripts, with every request recorded and faults injectable.
-- `tiny_wan_pipeline()`: a tiny random diffusers `WanPipeline`, built without any download.
+It speaks the subset vchain uses: chat completions with structured output and image inputs, image
+generations and edits. Answers come from scripts, every request is recorded, faults are injectable.
 """
 
 from __future__ import annotations
@@ -13,7 +9,6 @@ from __future__ import annotations
 import base64
 import email.parser
 import email.policy
-import functools
 import hashlib
 import io
 import json
@@ -21,106 +16,17 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain
-from vchain.interfaces import ImageBackend, Reasoner
-
-# ----------------------------------------------------------------------------------------------- fakes
-
-
-def example_plan(prompt: str) -> ScenePlan:
-    """A plausible plan for any prompt, for scripts that do not care about the words."""
-    return ScenePlan(
-        thoughts=f"The scene for: {prompt}. A plain studio, a fixed side camera, soft even light.",
-        consequences=f"What the prompt describes happens, then the scene settles: {prompt}",
-        context_frame=f"The initial, still state of the scene for: {prompt}. Nothing has happened yet.",
-        concise_prompt=f"The initial state of: {prompt}",
-    )
-
-
-class ScriptedReasoner(Reasoner):
-    """A reasoner that plays a script: a plan, then keyframe captions; the last caption is flagged last.
-
-    Args:
-        captions: keyframe captions (frames 1..N-1) to answer in order.
-        plan: the plan to return; by default `example_plan(prompt)`.
-        flag_last: flag the final caption as the last keyframe (set False to test the cap; the script
-            then repeats its final caption).
-        augmented: what `augment_prompt` returns (`"{prompt}"` is replaced by the prompt).
-    """
-
-    def __init__(
-        self,
-        captions: Sequence[str] = ("The event at its peak.", "The outcome, at rest."),
-        *,
-        plan: ScenePlan | None = None,
-        flag_last: bool = True,
-        augmented: str = "{prompt}, in rich physical detail.",
-    ):
-        if not captions:
-            raise ValueError("captions must hold at least one keyframe caption, got none")
-        self.captions = list(captions)
-        self.fixed_plan = plan
-        self.flag_last = flag_last
-        self.augmented = augmented
-        self.calls: list[tuple[str, Any]] = []
-
-    def plan(self, prompt: str) -> ScenePlan:
-        self.calls.append(("plan", prompt))
-        return self.fixed_plan or example_plan(prompt)
-
-    def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
-        index = len(chain.key_frames)
-        self.calls.append(("next_keyframe", index))
-        caption = self.captions[min(index, len(self.captions) - 1)]
-        return NextKeyframe(caption=caption, is_last=self.flag_last and index >= len(self.captions) - 1)
-
-    def augment_prompt(self, prompt: str) -> str:
-        self.calls.append(("augment_prompt", prompt))
-        return self.augmented.replace("{prompt}", prompt)
-
-
-def draw_image(text: str, width: int, height: int) -> Image.Image:
-    """A deterministic picture of `text`: its colours and a disc's place come from the text's hash.
-
-    Different texts give clearly different images (what a tuner test needs), equal texts equal images.
-    """
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
-    background = tuple(40 + b % 176 for b in digest[:3])
-    disc = tuple(255 - c for c in background)
-    image = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(image)
-    radius = max(2, min(width, height) // 4)
-    cx = radius + digest[3] * max(1, width - 2 * radius) // 255
-    cy = radius + digest[4] * max(1, height - 2 * radius) // 255
-    draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=disc)
-    draw.rectangle((0, height - max(2, height // 8), width * (1 + digest[5] % 4) // 4, height), fill=disc)
-    return image
-
-
-class DrawingImageBackend(ImageBackend):
-    """An image backend that draws `draw_image(prompt)`; records each call as (kind, prompt, n_images)."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, str, int]] = []
-
-    def generate(self, prompt: str, *, width: int, height: int) -> Image.Image:
-        self.calls.append(("generate", prompt, 0))
-        return draw_image(prompt, width, height)
-
-    def edit(self, images: Sequence[Image.Image], prompt: str, *, width: int, height: int) -> Image.Image:
-        self.calls.append(("edit", prompt, len(images)))
-        return draw_image(prompt, width, height)
-
-
-# ------------------------------------------------------------------------------- OpenAI-compatible server
+from vchain.chain import NextKeyframe
+from vchain.judging import DIMENSIONS, VideoScores
+from vchain.testing.fakes import ScriptedReasoner, draw_image
 
 
 @dataclass
@@ -175,7 +81,7 @@ def scripted_chat(reasoner: ScriptedReasoner) -> ChatResponder:
     """A stateless chat responder that answers like `reasoner`: a plan, then captions in order.
 
     It tells request kinds apart by the requested schema's name, and reads which keyframe is asked for
-    from the request, so it answers the same after a crash and a resume.
+    from the request, so it answers the same after a crash and a resume. A judge gets `scripted_scores`.
     """
 
     def respond(body: dict) -> Reply:
@@ -190,9 +96,21 @@ def scripted_chat(reasoner: ScriptedReasoner) -> ChatResponder:
             caption = reasoner.captions[min(index, len(reasoner.captions) - 1)]
             last = reasoner.flag_last and index >= len(reasoner.captions) - 1
             return Reply.json(NextKeyframe(caption=caption, is_last=last))
+        if name == "VideoScores":
+            return Reply.json(scripted_scores(body))
         return Reply(content=reasoner.augment_prompt(text))
 
     return respond
+
+
+def scripted_scores(body: dict) -> VideoScores:
+    """Scores from a hash of the request's messages: each video its own, the same every time it is sent."""
+    digest = hashlib.sha256(json.dumps(body.get("messages", []), sort_keys=True).encode()).digest()
+    fields = {}
+    for byte, dimension in zip(digest, DIMENSIONS, strict=False):
+        fields[dimension] = 1 + byte % 5
+        fields[f"{dimension}_reason"] = f"The test server's scripted {dimension.replace('_', ' ')} score."
+    return VideoScores(**fields)
 
 
 def _user_text(body: dict) -> str:
@@ -302,9 +220,7 @@ class FakeOpenAIServer:
                     server.requests.append(record)
                 validator = server._validators.get(route)
                 if validator is not None:
-                    record.schema_errors = [
-                        e.message for e in validator.iter_errors(_schema_view(body, files))
-                    ]
+                    record.schema_errors = [e.message for e in validator.iter_errors(_schema_view(body, files))]
                     if record.schema_errors:
                         return self._send(400, {"error": {"message": "; ".join(record.schema_errors)}})
                 entry = server._next(route)
@@ -341,9 +257,7 @@ def _load_validators(schema_path: str | Path, names: dict[str, str]) -> dict:
     spec = json.loads(Path(schema_path).read_text())
     registry = Registry().with_resource("urn:openapi", DRAFT202012.create_resource(spec))
     return {
-        route: jsonschema.Draft202012Validator(
-            {"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry
-        )
+        route: jsonschema.Draft202012Validator({"$ref": f"urn:openapi#/components/schemas/{name}"}, registry=registry)
         for route, name in names.items()
     }
 
@@ -354,9 +268,7 @@ def _schema_view(body: dict, files: list[tuple[str, bytes]]) -> dict:
         return body
     view = {k: int(v) if k == "n" and v.isdigit() else v for k, v in body.items()}
     images = [name for name, _ in files if name.startswith("image")]
-    view["image"] = (
-        ["<binary>"] * len(images) if len(images) > 1 or any("[]" in n for n in images) else "<binary>"
-    )
+    view["image"] = ["<binary>"] * len(images) if len(images) > 1 or any("[]" in n for n in images) else "<binary>"
     return view
 
 
@@ -399,9 +311,7 @@ def _chat_completion(body: dict, reply: Reply) -> dict:
 
 
 def _draw_for(body: dict) -> Image.Image:
-    width, height = (
-        int(v) for v in str(body.get("size", "1536x1024")).replace("auto", "1024x1024").split("x")
-    )
+    width, height = (int(v) for v in str(body.get("size", "1536x1024")).replace("auto", "1024x1024").split("x"))
     return draw_image(str(body.get("prompt", "")), width // 8, height // 8)
 
 
@@ -418,105 +328,3 @@ def _image_response(image: Image.Image, request_bytes: int) -> dict:
             "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
         },
     }
-
-
-# ------------------------------------------------------------------------------------------ tiny Wan
-
-_TINY_CORPUS = (
-    "a the of and in on is are to with an egg rock feather duck ball water cup milk coffee paint ice "
-    "falls falling dropped poured rises shatters melts breaks floats sinks table ground sky pillow "
-    "red yellow blue white black green large small left right centre frame top bottom keyframe scene"
-)
-
-
-@functools.cache
-def tiny_tokenizer():
-    """A small BPE tokenizer trained in memory, with T5's conventions (pad=0, eos=1, `$A </s>`)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=256,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-def tiny_wan_pipeline(seed: int = 0, *, two_experts: bool = False):
-    """A tiny random diffusers `WanPipeline`: real code paths, no download, CPU-fast, deterministic.
-
-    Same architecture family as Wan2.1 (UMT5 text encoder, Wan VAE, Wan transformer, UniPC flow
-    scheduler) with a few thousand parameters. `two_experts=True` adds a second transformer and a
-    boundary, as in Wan2.2.
-    """
-    import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    def transformer():
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-            in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        )  # fmt: skip
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tokenizer = tiny_tokenizer()
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                       relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", pad_token_id=0,
-                       eos_token_id=1, decoder_start_token_id=0)
-        )  # fmt: skip
-        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[False, True, True])  # fmt: skip
-        scheduler = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
-        )
-        main = transformer()
-        second = transformer() if two_experts else None
-    pipeline = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=main,
-        transformer_2=second, boundary_ratio=0.875 if two_experts else None,
-    )  # fmt: skip
-    pipeline.set_progress_bar_config(disable=True)
-    for module in (text_encoder, vae, main, second):
-        if module is not None:
-            module.eval()
-    return pipeline
-
-
-DEMO_PROMPT = "An egg is dropped onto a pillow."
-DEMO_CAPTIONS = (
-    "The egg touches the centre of the white pillow, which dents slightly beneath it.",
-    "The egg rests intact in a shallow dent in the centre of the pillow.",
-)
-
-
-def demo_pipeline(seed: int = 0, *, steps: int = 30):
-    """The whole pipeline offline on tiny random models: a scripted reasoner, drawn keyframes, a tiny Wan.
-
-    The video shows noise shaped by random weights; what it demonstrates is the machinery (every stage,
-    the run folder, the manifest), not the method's quality.
-    """
-    from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
-    from vchain.pipeline import VChainPipeline
-
-    generator = WanVideoGenerator(
-        tiny_wan_pipeline(seed), height=64, width=64, num_frames=17, num_inference_steps=8,
-        max_sequence_length=256, fps=8,
-    )  # fmt: skip
-    return VChainPipeline(
-        reasoner=ScriptedReasoner(DEMO_CAPTIONS),
-        image_backend=DrawingImageBackend(),
-        generator=generator,
-        tuner=WanLoRATuner(steps=steps, learning_rate=1e-3, seed=seed, log_every=5),
-    )

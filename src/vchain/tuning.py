@@ -1,0 +1,611 @@
+"""Stage 2, sparse inference-time tuning: a LoRA fitted to a few (keyframe, caption) pairs, any generator.
+
+`LoRATuner` is model-agnostic. It meets the video model through `vchain.interfaces.TunableGenerator`
+(encoders, denoisers, the training objective, the prediction) and never imports a backend. Each keyframe
+is encoded once as a one-frame video and each caption once; the steps then run the denoiser only, with
+the base weights frozen in their dtype (bf16 on a GPU) and the LoRA parameters in float32.
+
+Everything random is drawn up front on the host from `seed`: the keyframe order, the noise levels and
+which denoiser serves each one. The steps then index device tensors with Python ints and never wait
+for the device, except every `log_every` steps to read the loss.
+
+The result is a `LoRAAdapter` in memory: `apply(generator)` folds it into the weights from a snapshot
+(or adds peft layers) and puts the base model back bit-exactly on exit; `save(dir)` writes the
+`pytorch_lora_weights.safetensors` that stock diffusers `load_lora_weights` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field, model_validator
+
+from vchain.config import Config
+from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
+from vchain.images import UnreadableImageError, read_image
+from vchain.interfaces import Adapter, TunableGenerator, Tuner, VideoGenerator
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_NAME = "vchain"
+# diffusers' LoRA files prefix the denoiser's keys with the pipeline component they belong to.
+_PREFIX = "transformer."
+
+
+# ------------------------------------------------------------------------------------------ objectives
+
+
+class TrainingObjective(ABC):
+    """How a model is trained: from a noise level, the noisy input, the timestep and the target.
+
+    A noise level is a float in [0, 1] (0 clean, 1 pure noise) drawn on the host by the tuner; the
+    objective maps it into the model's own terms.
+    """
+
+    @abstractmethod
+    def levels(self, u: torch.Tensor) -> torch.Tensor:
+        """Map draws `u` in (0, 1) (uniform or logit-normal) to this model's noise levels (host)."""
+
+    @abstractmethod
+    def corrupt(
+        self, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy input, timestep, target) for clean latents `x0`, `noise` and per-sample `level`."""
+
+
+class FlowMatchingObjective(TrainingObjective):
+    """Rectified flow as Wan is trained: `x_t = (1 - s) x0 + s noise`, predict `noise - x0` at `t = 1000 s`.
+
+    `shift` is the scheduler's time shift (`flow_shift`), applied to the draw as at sampling, so training
+    spends its steps at the noise levels sampling visits.
+    """
+
+    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000):
+        if not (math.isfinite(shift) and shift > 0):
+            raise ConfigurationError(f"shift must be a positive number, got {shift!r}")
+        self.shift, self.num_train_timesteps = float(shift), num_train_timesteps
+
+    def levels(self, u: torch.Tensor) -> torch.Tensor:
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+    def corrupt(self, x0, noise, level):
+        s = level.view(-1, *([1] * (x0.dim() - 1)))
+        return (1 - s) * x0 + s * noise, level * self.num_train_timesteps, noise - x0
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+class LoRAConfig(Config):
+    """Settings of `LoRATuner`. Rank, alpha and learning rate are the paper's.
+
+    The default step count: the paper gives none ("limited iterations"). 300 steps with five keyframes
+    are about 60 visits each: enough at lr 1e-4 for a rank-16 LoRA to take on the keyframes' content,
+    short of the point where a few stills start to freeze the video's motion (the trade-off the paper
+    names). Raise it for stronger adherence to the keyframes, lower it for more motion.
+    """
+
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate of the LoRA")
+    steps: int = Field(300, ge=1, le=1_000_000, description="optimizer steps")
+    batch_size: int = Field(1, ge=1, le=64, description="keyframes per step")
+    weighting_scheme: Literal["logit_normal", "uniform"] = Field(
+        "logit_normal", description="how noise levels are drawn, before the objective's shift"
+    )
+    logit_mean: float = Field(0.0, description="mean of the logit-normal draw")
+    logit_std: float = Field(1.0, gt=0, description="standard deviation of the logit-normal draw")
+    height: int | None = Field(None, gt=0, description="training height; None takes the generator's")
+    width: int | None = Field(None, gt=0, description="training width; None takes the generator's")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None disables it")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    target_modules: Annotated[tuple[str, ...] | None, Field(strict=False, min_length=1)] = Field(
+        None, description="module-name suffixes that get the LoRA; None takes the generator's"
+    )
+    log_every: int = Field(10, ge=1, description="steps between loss reads (each waits for the device)")
+    seed: int = Field(0, ge=0, lt=2**63, description="seeds LoRA init, keyframe order, noise and levels")
+    merge_for_sampling: bool = Field(
+        True,
+        description="fold the LoRA into the weights while sampling (restored from a snapshot); "
+        "False adds peft layers instead",
+    )
+
+    @model_validator(mode="after")
+    def _names(self):
+        if self.target_modules is not None and not all(name.strip() for name in self.target_modules):
+            raise ValueError(f"target_modules must be non-empty names, got {self.target_modules!r}")
+        return self
+
+    def lora_config(self, target_modules: Sequence[str]):
+        """The peft `LoraConfig` these settings describe."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, target_modules=list(target_modules), init_lora_weights=True
+        )
+
+
+class TuningReport(BaseModel):
+    """What one tuning run did: losses at each read, where the time went, what was trained."""
+
+    losses: list[tuple[int, float]] = []
+    seconds: dict[str, float] = {}
+    trainable_parameters: int = 0
+    steps: int = 0
+    keyframes: int = 0
+
+
+# -------------------------------------------------------------------------------------------- adapter
+
+
+class LoRAAdapter(Adapter):
+    """A LoRA for a generator's denoiser(s), held in memory.
+
+    `state_dicts[i]` holds the peft LoRA weights of denoiser i (`blocks.0.attn1.to_q.lora_A.weight`, ...).
+    """
+
+    def __init__(
+        self,
+        state_dicts: list[dict[str, torch.Tensor]],
+        *,
+        rank: int,
+        alpha: float,
+        target_modules: Sequence[str],
+        merge: bool = True,
+        report: TuningReport | None = None,
+    ):
+        self.state_dicts = state_dicts
+        self.rank, self.alpha, self.target_modules = rank, float(alpha), tuple(target_modules)
+        self.merge = merge
+        self.report = report
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def metadata(self) -> dict:
+        return {"r": self.rank, "lora_alpha": self.alpha, "target_modules": sorted(self.target_modules)}
+
+    @contextlib.contextmanager
+    def apply(self, generator: VideoGenerator) -> Iterator[None]:
+        denoisers = _tunable(generator, "apply a LoRA adapter to").denoisers()
+        if len(denoisers) != len(self.state_dicts):
+            raise ConfigurationError(
+                f"the adapter has LoRAs for {len(self.state_dicts)} denoiser(s), the generator has "
+                f"{len(denoisers)}: it was tuned on another kind of model"
+            )
+        for i, (denoiser, state_dict) in enumerate(zip(denoisers, self.state_dicts, strict=True)):
+            _check_fits(denoiser, state_dict, i)
+        with contextlib.ExitStack() as stack:
+            for denoiser, state_dict in zip(denoisers, self.state_dicts, strict=True):
+                apply = _merged if self.merge else _as_peft_layers
+                stack.enter_context(apply(denoiser, state_dict, self))
+            yield
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `pytorch_lora_weights.safetensors` in diffusers' LoRA format (what `load_lora_weights`
+        reads), alpha included. A second denoiser's LoRA (Wan2.2) goes to `transformer_2/` beside it."""
+        from diffusers.loaders.lora_base import LoraBaseMixin
+
+        directory = Path(directory)
+        metadata = {f"{_PREFIX}{k}": v for k, v in self.metadata().items()}
+        for i, state_dict in enumerate(self.state_dicts):
+            target = directory if i == 0 else directory / "transformer_2"
+            LoraBaseMixin.write_lora_layers(
+                state_dict={f"{_PREFIX}{k}": v.detach().to("cpu", torch.float32) for k, v in state_dict.items()},
+                save_directory=str(target),
+                is_main_process=True,
+                weight_name=LORA_WEIGHT_NAME,
+                save_function=None,
+                safe_serialization=True,
+                lora_adapter_metadata=dict(metadata),
+            )
+        return directory / LORA_WEIGHT_NAME
+
+    @classmethod
+    def load(cls, directory: str | Path, *, merge: bool = True) -> LoRAAdapter:
+        """Read what `save` (or a diffusers LoRA training script) wrote into `directory`."""
+        directory = Path(directory)
+        files = [directory / LORA_WEIGHT_NAME]
+        if (directory / "transformer_2" / LORA_WEIGHT_NAME).is_file():
+            files.append(directory / "transformer_2" / LORA_WEIGHT_NAME)
+        if not files[0].is_file():
+            raise VChainError(f"no {LORA_WEIGHT_NAME} in {str(directory)!r}")
+        state_dicts, metadata = [], {}
+        for path in files:
+            state_dict, metadata = _read_lora_file(path)
+            state_dicts.append(state_dict)
+        downs = [v for k, v in state_dicts[0].items() if k.endswith("lora_A.weight")]
+        rank = int(metadata.get("r") or downs[0].shape[0])
+        alpha = float(metadata.get("lora_alpha", rank))
+        targets = metadata.get("target_modules") or sorted(
+            {k.removesuffix(".lora_A.weight").rsplit(".", 1)[-1] for k in state_dicts[0] if "lora_A" in k}
+        )
+        return cls(state_dicts, rank=rank, alpha=alpha, target_modules=targets, merge=merge)
+
+
+def _read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+        metadata = json.loads(header.get("lora_adapter_metadata", "{}"))
+    except Exception as e:
+        raise VChainError(f"cannot read LoRA file {str(path)!r}: {type(e).__name__}: {e}") from e
+    metadata = {k.removeprefix(_PREFIX): v for k, v in metadata.items()} if isinstance(metadata, dict) else {}
+    state_dict = {k.removeprefix(_PREFIX): v for k, v in tensors.items()}
+    downs = [k for k in state_dict if k.endswith(".lora_A.weight")]
+    missing = [k for k in downs if k.replace(".lora_A.", ".lora_B.") not in state_dict]
+    if not downs or missing:
+        raise VChainError(
+            f"LoRA file {str(path)!r} holds no complete lora_A/lora_B pairs "
+            f"({len(downs)} lora_A, {len(missing)} without lora_B); it is not a LoRA for a denoiser"
+        )
+    return state_dict, metadata
+
+
+def _lora_pairs(state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    for key, down in state_dict.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            yield module, down, state_dict[f"{module}.lora_B.weight"]
+
+
+def _check_fits(denoiser: torch.nn.Module, state_dict: dict, index: int) -> None:
+    """A LoRA for other modules or shapes is refused before any weight is touched."""
+    for module_name, down, up in _lora_pairs(state_dict):
+        try:
+            weight = denoiser.get_submodule(module_name).weight
+        except AttributeError:
+            raise VChainError(
+                f"the LoRA for denoiser {index} targets {module_name!r}, which {type(denoiser).__name__} "
+                "does not have: it was tuned on another model"
+            ) from None
+        if up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[1]) != tuple(weight.shape):
+            raise VChainError(
+                f"the LoRA for {module_name!r} has shape {tuple(up.shape)} x {tuple(down.shape)}, the "
+                f"model's weight is {tuple(weight.shape)}: it was tuned on another model"
+            )
+
+
+@contextlib.contextmanager
+def _merged(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -> Iterator[None]:
+    """Fold W += scale * B @ A into each target weight; copy the snapshot back on exit (bit-exact).
+
+    The snapshot of a GPU weight lives in pinned host memory: the device holds one copy of the model,
+    and the copy back is fast.
+    """
+    snapshot: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for module_name, down, up in _lora_pairs(state_dict):
+                weight = denoiser.get_submodule(module_name).weight
+                keep = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=weight.is_cuda)
+                snapshot[module_name] = keep.copy_(weight)
+                delta = (up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)) * adapter.scale
+                weight.copy_((weight.float() + delta).to(weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for module_name, original in snapshot.items():
+                denoiser.get_submodule(module_name).weight.copy_(original, non_blocking=True)
+            if any(t.is_pinned() for t in snapshot.values()):
+                torch.cuda.synchronize()  # the snapshot must not be freed while the copies run
+
+
+@contextlib.contextmanager
+def _as_peft_layers(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -> Iterator[None]:
+    """Add the LoRA as peft layers; remove them (wrappers included) on exit."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    state = _module_state(denoiser)
+    config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=list(adapter.target_modules))
+    try:
+        inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+        set_peft_model_state_dict(denoiser, state_dict, adapter_name=ADAPTER_NAME)
+        yield
+    finally:
+        _remove_adapter(denoiser)
+        _restore_module_state(denoiser, state)
+
+
+# ---------------------------------------------------------------------------------------------- tuner
+
+
+class LoRATuner(Tuner):
+    """Sparse inference-time tuning: a LoRA on any `TunableGenerator` from a few (keyframe, caption) pairs.
+
+    Args:
+        config: a `LoRAConfig`, or its fields as keywords (`LoRATuner(rank=16, steps=300)`).
+    """
+
+    def __init__(self, config: LoRAConfig | None = None, **fields: Any):
+        if config is not None and fields:
+            raise ConfigurationError("pass either config= or its fields as keywords, not both")
+        if config is not None and not isinstance(config, LoRAConfig):
+            raise ConfigurationError(f"config must be a LoRAConfig, got {type(config).__name__}")
+        self.config = config or self.config_class(**fields)
+        self._progress: dict[str, Any] = {}
+
+    config_class: type[LoRAConfig] = LoRAConfig
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "config": self.config.to_dict()}
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm options for the bar over tuning steps (`disable=True` hides it), as in diffusers."""
+        self._progress = dict(kwargs)
+
+    def load_adapter(self, directory: str | Path) -> LoRAAdapter:
+        return LoRAAdapter.load(directory, merge=self.config.merge_for_sampling)
+
+    def tune(self, generator: VideoGenerator, pairs: Sequence[tuple[Image.Image, str]]) -> LoRAAdapter:
+        generator = _tunable(generator, "tune")
+        config = self.config
+        images, captions = check_pairs(pairs)
+        height, width = config.height or generator.height, config.width or generator.width
+        generator.check_frame(height, width)
+        targets = config.target_modules or generator.lora_targets
+        if not targets:
+            raise ConfigurationError(f"{type(generator).__name__} names no lora_targets; set target_modules")
+        denoisers = generator.denoisers()
+        for denoiser in denoisers:
+            _check_targets(denoiser, targets)
+        report = TuningReport(steps=config.steps, keyframes=len(images))
+
+        start = time.perf_counter()
+        latents = generator.encode_keyframes(images, height=height, width=width).float()
+        context = generator.encode_captions(captions)
+        report.seconds["preprocess"] = round(time.perf_counter() - start, 3)
+
+        start = time.perf_counter()
+        state_dicts = self._train(generator, denoisers, targets, latents, context, report)
+        report.seconds["fine_tune"] = round(time.perf_counter() - start, 3)
+        return LoRAAdapter(
+            state_dicts, rank=config.rank, alpha=config.alpha, target_modules=targets,
+            merge=config.merge_for_sampling, report=report,
+        )  # fmt: skip
+
+    def _train(self, generator, denoisers, targets, latents, context, report) -> list[dict]:
+        from peft import inject_adapter_in_model
+        from peft.utils import get_peft_model_state_dict
+        from tqdm.auto import tqdm
+
+        config = self.config
+        device = latents.device
+        dtypes = [next(d.parameters()).dtype for d in denoisers]  # read once: walking modules is slow
+        saved = [_module_state(d) for d in denoisers]
+        objective = generator.training_objective()
+        schedule = _Schedule(config, len(latents), objective, generator.denoiser_for, device)
+        step = 0
+        try:
+            params = []
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(config.seed)  # peft draws LoRA init from the global RNG
+                for denoiser in denoisers:
+                    inject_adapter_in_model(config.lora_config(targets), denoiser, adapter_name=ADAPTER_NAME)
+                    denoiser.train()
+                    if config.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
+                        denoiser.enable_gradient_checkpointing()
+                    for name, param in denoiser.named_parameters():
+                        if "lora_" in name:
+                            param.data = param.data.float()
+                            params.append(param)
+                        else:
+                            param.requires_grad_(False)
+            report.trainable_parameters = sum(p.numel() for p in params)
+            optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+            noise_rng = torch.Generator(device=device).manual_seed(config.seed)
+            running = torch.zeros((), device=device)
+            first_bad = torch.full((), -1, device=device, dtype=torch.long)
+            progress = tqdm(range(1, config.steps + 1), **{"desc": "tuning", "unit": "step", "leave": False,
+                                                           **self._progress})  # fmt: skip
+            for step in progress:
+                loss = latents.new_zeros(())
+                for which, rows, level in schedule.groups(step - 1):
+                    x0 = latents[rows]
+                    noise = torch.randn(x0.shape, generator=noise_rng, device=device, dtype=x0.dtype)
+                    noisy, timestep, target = objective.corrupt(x0, noise, level)
+                    prediction = generator.predict(
+                        denoisers[which],
+                        noisy.to(dtypes[which]),
+                        timestep,
+                        _take(context, rows, dtypes[which]),
+                    )
+                    loss = loss + torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="sum")
+                loss = loss / latents[0].numel() / schedule.batch_size
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                detached = loss.detach()
+                running += detached
+                bad = ~torch.isfinite(detached) & (first_bad < 0)
+                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+                if step % config.log_every == 0 or step == config.steps:
+                    count = (step - 1) % config.log_every + 1
+                    mean = (running / count).item()  # the one wait for the device, every log_every steps
+                    running.zero_()
+                    self._check_finite(int(first_bad.item()), mean, step)
+                    report.losses.append((step, mean))
+                    progress.set_postfix(loss=f"{mean:.4f}")
+            state_dicts = [
+                {k: v.detach().clone() for k, v in get_peft_model_state_dict(d, adapter_name=ADAPTER_NAME).items()}
+                for d in denoisers
+            ]
+            if not all(bool(torch.isfinite(v).all()) for sd in state_dicts for v in sd.values()):
+                raise NumericalError(
+                    f"the LoRA weights are not finite after step {config.steps}; lower learning_rate "
+                    f"(now {config.learning_rate})"
+                )
+            return state_dicts
+        except NumericalError as e:
+            raise StageError(str(e), stage="tuning", step="fine_tune") from e
+        except torch.OutOfMemoryError as e:
+            raise StageError(
+                f"out of memory at step {step}: {e}; try gradient_checkpointing=True "
+                "(--gradient-checkpointing), a smaller batch_size, or a smaller training size",
+                stage="tuning", step="fine_tune",
+            ) from e  # fmt: skip
+        except RuntimeError as e:
+            raise StageError(
+                f"tuning failed at step {step} (learning_rate {config.learning_rate}): {type(e).__name__}: {e}",
+                stage="tuning", step="fine_tune",
+            ) from e  # fmt: skip
+        finally:
+            for denoiser, state in zip(denoisers, saved, strict=True):
+                _remove_adapter(denoiser)
+                _restore_module_state(denoiser, state)
+
+    def _check_finite(self, first_bad: int, mean: float, step: int) -> None:
+        if first_bad >= 0 or not math.isfinite(mean):
+            at = first_bad if first_bad >= 0 else step
+            value = mean if not math.isfinite(mean) else "non-finite"
+            raise NumericalError(
+                f"the loss became {value} at step {at} "
+                f"(read every {self.config.log_every}); lower learning_rate (now "
+                f"{self.config.learning_rate}) or check the keyframes"
+            )
+
+
+class _Schedule:
+    """Everything random about the steps, drawn on the host up front and moved to the device once.
+
+    Keyframes are visited in shuffled rounds (each seen equally often); noise levels follow the
+    weighting scheme and the objective's mapping; each step's batch is ordered by the denoiser that
+    serves its levels, so a step is a few contiguous slices and routing never reads the device.
+    """
+
+    def __init__(self, config: LoRAConfig, n: int, objective: TrainingObjective, denoiser_for, device):
+        self.batch_size = min(config.batch_size, n)
+        rng = torch.Generator().manual_seed(config.seed)
+        order: list[int] = []
+        while len(order) < config.steps * self.batch_size:
+            order += torch.randperm(n, generator=rng).tolist()
+        shape = (config.steps, self.batch_size)
+        if config.weighting_scheme == "logit_normal":
+            u = torch.sigmoid(torch.randn(shape, generator=rng) * config.logit_std + config.logit_mean)
+        else:
+            u = torch.rand(shape, generator=rng)
+        levels = objective.levels(u.double()).float()
+        rows, groups = [], []
+        for step in range(config.steps):
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            served = sorted(
+                (denoiser_for(float(level)), i, float(level)) for i, level in zip(batch, levels[step], strict=True)
+            )
+            rows.append([(i, level) for _, i, level in served])
+            spans, start = [], 0
+            for which in dict.fromkeys(w for w, _, _ in served):
+                count = sum(1 for w, _, _ in served if w == which)
+                spans.append((which, start, start + count))
+                start += count
+            groups.append(spans)
+        self._index = torch.tensor([[i for i, _ in row] for row in rows], device=device)
+        self._levels = torch.tensor([[lv for _, lv in row] for row in rows], device=device)
+        self._groups = groups
+
+    def groups(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(denoiser index, keyframe rows, levels) per denoiser that serves part of step `step`."""
+        for which, start, end in self._groups[step]:
+            yield which, self._index[step, start:end], self._levels[step, start:end]
+
+
+def _take(context, rows: torch.Tensor, dtype: torch.dtype):
+    if isinstance(context, dict):
+        return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in context.items()}
+    return context[rows].to(dtype)
+
+
+def _tunable(generator: object, action: str) -> TunableGenerator:
+    if not isinstance(generator, TunableGenerator):
+        raise ConfigurationError(
+            f"cannot {action} {type(generator).__name__}: the generator must implement "
+            "vchain.interfaces.TunableGenerator (WanVideoGenerator and CogVideoXVideoGenerator do)"
+        )
+    return generator
+
+
+def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
+    names = [name for name, module in denoiser.named_modules() if isinstance(module, torch.nn.Linear)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unmatched:
+        examples = sorted({n.split(".", 2)[-1] for n in names})[:8]
+        raise ConfigurationError(
+            f"target_modules {unmatched} match no linear layer of {type(denoiser).__name__}; "
+            f"its linears are named like {examples}"
+        )
+
+
+def check_pairs(pairs) -> tuple[list[Image.Image], list[str]]:
+    """Images (PIL or paths) and captions from (image, caption) pairs, each checked and named on error."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise ConfigurationError(f"pairs must be a non-empty list of (image, caption) pairs, got {pairs!r:.80}")
+    images, captions = [], []
+    for i, pair in enumerate(pairs):
+        try:
+            image, caption = pair
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"pairs[{i}] must be an (image, caption) pair, got {pair!r:.80}") from None
+        if isinstance(image, (str, Path)):
+            try:
+                image = read_image(image)
+            except UnreadableImageError as e:
+                raise ConfigurationError(f"pairs[{i}] image cannot be read: {e}") from e
+        if not isinstance(image, Image.Image):
+            raise ConfigurationError(f"pairs[{i}] image must be a PIL image or a path, got {type(image).__name__}")
+        if not isinstance(caption, str) or not caption.strip():
+            raise ConfigurationError(f"pairs[{i}] caption must be a non-empty string, got {caption!r}")
+        images.append(image.convert("RGB"))
+        captions.append(caption)
+    return images, captions
+
+
+def _remove_adapter(denoiser: torch.nn.Module) -> None:
+    """Take vchain's adapter off. When it is the only one, peft's wrapper layers go too, so the module
+    tree (and the cost of every later forward) is exactly the base model's again."""
+    from diffusers.utils.peft_utils import delete_adapter_layers, recurse_remove_peft_layers
+
+    adapters = getattr(denoiser, "peft_config", None) or {}
+    if ADAPTER_NAME not in adapters:
+        return
+    if set(adapters) == {ADAPTER_NAME}:
+        recurse_remove_peft_layers(denoiser)
+        del denoiser.peft_config
+    else:
+        delete_adapter_layers(denoiser, ADAPTER_NAME)
+        adapters.pop(ADAPTER_NAME)
+
+
+def _module_state(module: torch.nn.Module) -> dict:
+    return {
+        "training": module.training,
+        "requires_grad": {name: p.requires_grad for name, p in module.named_parameters()},
+        "checkpointing": getattr(module, "gradient_checkpointing", False),
+    }
+
+
+def _restore_module_state(module: torch.nn.Module, state: dict) -> None:
+    module.train(state["training"])
+    for name, param in module.named_parameters():
+        param.requires_grad_(state["requires_grad"].get(name, param.requires_grad))
+    if getattr(module, "gradient_checkpointing", False) != state["checkpointing"]:
+        if state["checkpointing"]:
+            module.enable_gradient_checkpointing()
+        else:
+            module.disable_gradient_checkpointing()
