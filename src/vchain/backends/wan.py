@@ -16,11 +16,9 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain._hub import resolve_pretrained
-from vchain.backends._diffusers import parse_dtype, sample_video
+from vchain.backends._diffusers import DiffusersVideoGenerator, sample_video
 from vchain.config import Config
 from vchain.errors import ConfigurationError
-from vchain.interfaces import TunableGenerator
 from vchain.tuning import FlowMatchingObjective, LoRAConfig, LoRATuner
 
 # Every linear of every transformer block: self- and cross-attention projections and the feed-forward.
@@ -65,98 +63,30 @@ class WanSamplingConfig(Config):
         return self
 
 
-class WanVideoGenerator(TunableGenerator):
+class WanVideoGenerator(DiffusersVideoGenerator):
     """A Wan text-to-video model behind a diffusers `WanPipeline` (Wan2.1, or Wan2.2 with two experts).
 
     Args:
         pipeline: a loaded `diffusers.WanPipeline`, used as is (you own its device and dtype).
         **sampling: defaults for every `sample` call, the fields of `WanSamplingConfig`
             (`height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0`, ...).
+
+    `from_pretrained(model_id, dtype=..., device=..., **sampling)` loads a checkpoint (default
+    `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`); the VAE stays in float32, as Wan's authors recommend.
     """
 
     lora_targets = WAN_LORA_TARGETS
-
-    def __init__(self, pipeline, **sampling: Any):
-        from diffusers import WanPipeline
-
-        if isinstance(pipeline, str):
-            raise ConfigurationError(
-                f"pipeline must be a loaded diffusers WanPipeline, got the string {pipeline!r}; "
-                f"use WanVideoGenerator.from_pretrained({pipeline!r})"
-            )
-        if not isinstance(pipeline, WanPipeline):
-            raise ConfigurationError(
-                f"pipeline must be a diffusers WanPipeline, got {type(pipeline).__name__}; "
-                "use WanVideoGenerator.from_pretrained(...) to load one"
-            )
-        self.pipeline = pipeline
-        self.config = self._checked(WanSamplingConfig(**sampling))
-        self.model_id: str | None = getattr(pipeline, "name_or_path", None)
+    pipeline_class = "WanPipeline"
+    sampling_class = WanSamplingConfig
+    default_model = DEFAULT_MODEL
+    what = "Wan weights"
 
     @classmethod
-    def from_pretrained(
-        cls, model_id: str = DEFAULT_MODEL, *, dtype=None, torch_dtype=None, device=None, **sampling: Any
-    ) -> WanVideoGenerator:
-        """Load a Diffusers-format Wan checkpoint (hub id or local folder).
-
-        Args:
-            model_id: hub id or local folder.
-            dtype: weights' dtype (default bfloat16; `torch_dtype=` is the older name). The VAE stays
-                in float32, as Wan's authors recommend.
-            device: where to put the pipeline (default: leave it on the CPU, you call `.to(...)`).
-            **sampling: `WanSamplingConfig` fields, checked before the (large) download or load starts.
-        """
-        WanSamplingConfig(**sampling).check()
-        dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
-        source = resolve_pretrained(model_id, what="Wan weights", marker="model_index.json")
+    def _load(cls, source: dict, dtype: torch.dtype):
         from diffusers import AutoencoderKLWan, WanPipeline
 
-        try:
-            vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
-            pipeline = WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise ConfigurationError(f"cannot load Wan weights {model_id!r}: {e}") from e
-        generator = cls(pipeline, **sampling)
-        generator.model_id = str(model_id)
-        return generator.to(device) if device is not None else generator
-
-    # -- what the pipeline reads
-
-    @property
-    def height(self) -> int:
-        return self.config.height
-
-    @property
-    def width(self) -> int:
-        return self.config.width
-
-    @property
-    def num_frames(self) -> int:
-        return self.config.num_frames
-
-    @property
-    def fps(self) -> int:
-        return self.config.fps
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipeline._execution_device
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "class": type(self).__name__,
-            "model_id": self.model_id,
-            "dtype": str(self.pipeline.transformer.dtype).removeprefix("torch."),
-            "experts": len(self.denoisers()),
-            "config": self.config.to_dict(),
-        }
-
-    def to(self, *args, **kwargs) -> WanVideoGenerator:
-        self.pipeline.to(*args, **kwargs)
-        return self
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        self.pipeline.set_progress_bar_config(**kwargs)
+        vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
+        return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
 
     def _checked(self, config: WanSamplingConfig) -> WanSamplingConfig:
         return config.check(*self._multiples())
@@ -164,9 +94,6 @@ class WanVideoGenerator(TunableGenerator):
     def _multiples(self) -> tuple[int, int]:
         patch = self.pipeline.transformer.config.patch_size
         return self.pipeline.vae_scale_factor_spatial * patch[1], self.pipeline.vae_scale_factor_temporal
-
-    def sampling_config(self, **overrides: Any) -> WanSamplingConfig:
-        return self._checked(self.config.replace(**overrides))
 
     # -- sampling
 
