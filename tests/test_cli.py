@@ -26,7 +26,8 @@ def tiny_wan(tmp_path_factory):
 
 
 def test_think_in_process_against_a_local_server(server, tmp_path, capsys):
-    code = main(["think", "An egg is dropped onto a pillow.", "-o", str(tmp_path), "--base-url", server.base_url])
+    urls = ["--base-url", server.base_url, "--image-base-url", server.base_url]
+    code = main(["think", "An egg is dropped onto a pillow.", "-o", str(tmp_path), *urls])
     assert code == 0
     assert "3 keyframes" in capsys.readouterr().out
     assert (tmp_path / "chain.json").is_file() and (tmp_path / "metadata.csv").is_file()
@@ -211,3 +212,106 @@ def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "summary"))) == [
         "04_a_steel_ball_is_dropped_into_water", "13_an_egg_is_dropped_onto_a_pillow",
     ]  # fmt: skip
+
+
+def test_the_chat_and_image_base_urls_reach_two_different_servers(tmp_path, capsys):
+    from vchain.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer() as chat, FakeOpenAIServer() as images:
+        urls = ["--base-url", chat.base_url, "--image-base-url", images.base_url]
+        assert main(["think", "An egg falls.", "-o", str(tmp_path), "--max-keyframes", "3", *urls]) == 0
+    assert {r.path for r in chat.requests} == {"/v1/chat/completions"} and len(chat.requests) == 3
+    assert {r.path for r in images.requests} == {"/v1/images/generations", "/v1/images/edits"}
+
+
+def test_think_takes_the_keyframe_size_and_the_quality_switches(server, tmp_path):
+    urls = ["--base-url", server.base_url, "--image-base-url", server.base_url]
+    args = ["--width", "96", "--height", "64", "--color-correction", "--verify-keyframes", "--max-redos", "1"]
+    assert main(["think", "An egg falls.", "-o", str(tmp_path), *urls, *args]) == 0
+    from vchain import ThoughtChain
+
+    assert {image.size for image in ThoughtChain.load(tmp_path).images} == {(96, 64)}
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    config = m["stages"]["reasoning"]["inputs"]["config"]
+    assert (config["color_correction"], config["verify_keyframes"], config["max_redos"]) == (1.0, True, 1)
+    assert len(m["stages"]["reasoning"]["checks"]) == 3 and len(m["stages"]["reasoning"]["corrections"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--reasoner", "local:x"], "--reasoner must be openai or transformers:ID_OR_DIR, got 'local:x'"),
+        (["--reasoner", "transformers:"], "--reasoner must be openai or transformers:ID_OR_DIR"),
+        (["--image-backend", "diffusers"], "--image-backend must be openai or diffusers:ID_OR_DIR"),
+        (["--image-base-url", "localhost:8000"], "base_url must be an http:// or https:// URL, got 'localhost:8000'"),
+        (["--reasoner", "transformers:./no/such/model"], "neither an existing folder nor a hub id"),
+    ],
+)
+def test_bad_component_choices_are_usage_errors(server, tmp_path, capsys, flag, message):
+    assert main(["think", "p", "-o", str(tmp_path / "run"), "--base-url", server.base_url, *flag]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_open_weight_demo_runs_every_stage_with_no_key(tmp_path, capsys):
+    assert main(["demo", "--open-weights", "-o", str(tmp_path)]) == 0
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert {s: r["status"] for s, r in m["stages"].items()} == dict.fromkeys(
+        ("reasoning", "tuning", "sampling"), "done"
+    )
+    assert m["stages"]["reasoning"]["inputs"]["reasoner"]["class"] == "TransformersReasoner"
+    assert m["stages"]["reasoning"]["inputs"]["image_backend"]["class"] == "DiffusersImageBackend"
+    assert iio.imread(tmp_path / "video.mp4").shape[0] == 17
+
+
+def test_the_family_comes_from_the_checkpoint(tmp_path, capsys):
+    from vchain.testing.tiny_cogvideox import tiny_cogvideox_pipeline
+
+    folder = tmp_path / "cogvideox"
+    tiny_cogvideox_pipeline().save_pretrained(folder)
+    run = str(tmp_path / "run")
+    args = [
+        "--model",
+        str(folder),
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--dtype",
+        "float32",
+    ]
+    assert main(["generate", "An egg falls.", "-o", run, "--variant", "t2v", *args]) == 0
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["stages"]["sampling"]["inputs"]["generator"]["class"] == "CogVideoXVideoGenerator"
+    assert iio.imread(tmp_path / "run" / "video.mp4").shape[0] == 9
+
+
+def test_a_checkpoint_of_another_pipeline_names_the_supported_ones(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    assert (
+        main(["generate", "p", "-o", str(tmp_path / "run"), "--variant", "t2v", "--model", str(tmp_path / "model")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "'StableDiffusionPipeline' checkpoint; vchain generates with WanPipeline (Wan), CogVideoXPipeline" in err
+
+
+def test_judge_and_report_on_a_demo_suite(server, tmp_path, capsys):
+    root = tmp_path / "suite"
+    assert main(["suite", "-o", str(root), "--demo", "--cases", "13", "--variants", "vchain", "t2v"]) == 0
+    assert main(["judge", str(root), "--base-url", server.base_url]) == 0
+    assert (root / "13_an_egg_is_dropped_onto_a_pillow" / "vchain" / "scores.json").is_file()
+    assert (root / "judge-summary.csv").is_file() and "2 request(s) this time" in capsys.readouterr().out
+    assert main(["judge", str(root), "--base-url", server.base_url]) == 0
+    assert "0 request(s) this time" in capsys.readouterr().out and len(server.requests) == 2
+    assert main(["report", str(root), "-o", str(root / "report.html")]) == 0
+    assert "<video" in (root / "report.html").read_text()
+
+
+def test_judge_refuses_a_folder_without_finished_runs(tmp_path, capsys):
+    assert main(["judge", str(tmp_path / "missing")]) == 2
+    assert main(["judge", str(tmp_path)]) == 2

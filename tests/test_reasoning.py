@@ -257,7 +257,7 @@ def test_config_errors_are_collected_with_values():
         ({"max_keyframes": True}, "max_keyframes must be a valid integer, got True"),
         ({"width": 0}, "width must be greater than 0, got 0"),
         ({"composite_max_pixels": 10}, "composite_max_pixels must be greater than or equal to 4096, got 10"),
-        ({"max_keyframe": 4}, "unknown setting 'max_keyframe'; known: composite_max_pixels, edit_inputs"),
+        ({"max_keyframe": 4}, "unknown setting 'max_keyframe'; known: color_correction, composite_max_pixels"),
     ],
 )
 def test_config_types_and_ranges_are_checked(fields, message):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain
+from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.errors import ConfigurationError, StageError, VChainError
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ConfigurationError",
+    "KeyframeVerdict",
     "NextKeyframe",
     "ScenePlan",
     "StageError",

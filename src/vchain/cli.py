@@ -1,8 +1,8 @@
 """The `vchain` command line: a thin layer over the library. `vchain COMMAND --help` for each command.
 
-Settings flags take their defaults and help from the config classes (`ReasoningConfig`, `LoRAConfig`,
-`WanSamplingConfig`): a flag left out means the config's default, so there is one default for each.
-Every setting is checked before any model loads or any request is sent.
+Settings flags take their defaults and help from the config classes (`ReasoningConfig`, `LoRAConfig`, the
+generator family's sampling config): a flag left out means the config's default, so there is one default
+for each. Every setting is checked before any model loads or any request is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,39 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Commands whose -o is one run folder (the suite's is a tree of them, each locked on its own).
 RUN_FOLDER_COMMANDS = ("think", "generate", "tune", "sample", "demo")
 
-# (flag, config field) per settings class; the class is imported when the parser is built.
-REASONING_FLAGS = (("--max-keyframes", "max_keyframes"), ("--edit-inputs", "edit_inputs"))
+# (flag, config field, extra argparse options) per settings class.
+REASONING_FLAGS = (
+    ("--max-keyframes", "max_keyframes", {}),
+    ("--edit-inputs", "edit_inputs", {}),
+    ("--color-correction", "color_correction", {"nargs": "?", "const": 1.0, "metavar": "STRENGTH"}),
+    ("--verify-keyframes", "verify_keyframes", {}),
+    ("--max-redos", "max_redos", {}),
+)
+FRAME_FLAGS = (("--width", "width", {}), ("--height", "height", {}))
 SAMPLING_FLAGS = (
-    ("--height", "height"), ("--width", "width"), ("--frames", "num_frames"), ("--steps", "num_inference_steps"),
-    ("--guidance", "guidance_scale"), ("--cache", "cache"),
+    ("--height", "height", {}), ("--width", "width", {}), ("--frames", "num_frames", {}),
+    ("--steps", "num_inference_steps", {}), ("--guidance", "guidance_scale", {}),
 )  # fmt: skip
 TUNING_FLAGS = (
-    ("--tune-steps", "steps"), ("--rank", "rank"), ("--alpha", "alpha"), ("--lr", "learning_rate"),
-    ("--gradient-checkpointing", "gradient_checkpointing"),
+    ("--tune-steps", "steps", {}), ("--rank", "rank", {}), ("--alpha", "alpha", {}), ("--lr", "learning_rate", {}),
+    ("--gradient-checkpointing", "gradient_checkpointing", {}),
 )  # fmt: skip
 
 
-def _add_config_flags(group, config: type, flags) -> None:
-    """One flag per config field, typed from the field, its help and default from the field."""
-    import typing
-
-    for flag, name in flags:
-        field = config.model_fields[name]
+def _add_config_flags(group, configs: tuple[type, ...], flags) -> None:
+    """One flag per config field, typed from the field; help and default from the field (the first config
+    that has it), with the defaults of the other configs (families) beside it."""
+    for flag, name, extra in flags:
+        holders = [c for c in configs if name in c.model_fields]
+        field = holders[0].model_fields[name]
         kind = field.annotation
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the flag takes X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        options: dict[str, Any] = {"default": None, "dest": name, "help": config.help(name)}
+        defaults = {c.__name__.removesuffix("SamplingConfig"): c.default(name) for c in holders}
+        help_text = holders[0].help(name) if len(set(map(repr, defaults.values()))) == 1 else (
+            f"{field.description} (default: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ")"
+        )  # fmt: skip
+        options: dict[str, Any] = {"default": None, "dest": name, "help": help_text, **extra}
         if kind is bool:
             options["action"] = "store_true"
         elif typing.get_origin(kind) is typing.Literal:
@@ -61,54 +73,112 @@ def _folder(text: str) -> Path:
 
 def _given(args, flags) -> dict[str, Any]:
     """The settings the user gave on the command line (the others keep the config's defaults)."""
-    return {name: getattr(args, name) for _, name in flags if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for _, name, _ in flags if getattr(args, name, None) is not None}
+
+
+def _spec(text: str, default: str, kinds: tuple[str, ...], flag: str) -> tuple[str, str | None]:
+    """`openai` or `transformers:ID_OR_DIR` style component choices, checked."""
+    kind, _, model = (text or default).partition(":")
+    if kind not in kinds or (kind != "openai") != bool(model):
+        forms = " or ".join(k if k == "openai" else f"{k}:ID_OR_DIR" for k in kinds)
+        raise ConfigurationError(f"{flag} must be {forms}, got {text!r}")
+    return kind, model or None
 
 
 # ------------------------------------------------------------------------------------ components
 
 
-def _add_reasoning(parser: argparse.ArgumentParser) -> None:
+def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> None:
     from vchain.reasoning import ReasoningConfig
 
-    group = parser.add_argument_group("reasoning (OpenAI or any OpenAI-compatible server)")
-    group.add_argument("--reasoner-model", default="gpt-4o", help="chat model for planning and perception")
-    group.add_argument("--image-model", default="gpt-image-1", help="image model for generate and edit")
+    group = parser.add_argument_group("reasoning (OpenAI or any OpenAI-compatible server, or open weights in process)")
+    group.add_argument("--reasoner", default="openai", help="openai (default) or transformers:ID_OR_DIR, a local VLM")
+    group.add_argument("--reasoner-model", default="gpt-4o", help="the OpenAI chat model (default: gpt-4o)")
+    group.add_argument("--base-url", default=None, help="the chat model's server (default: OPENAI_BASE_URL)")
     group.add_argument(
-        "--base-url",
-        default=None,
-        help="OpenAI-compatible server URL (default: OPENAI_BASE_URL, else api.openai.com)",
+        "--image-backend", default="openai", help="openai (default) or diffusers:ID_OR_DIR, a local image editor"
     )
-    _add_config_flags(group, ReasoningConfig, REASONING_FLAGS)
+    group.add_argument("--image-model", default="gpt-image-1", help="the OpenAI image model (default: gpt-image-1)")
+    group.add_argument("--image-base-url", default=None, help="the image model's server (default: OPENAI_BASE_URL)")
+    _add_config_flags(group, (ReasoningConfig,), REASONING_FLAGS)
+    if frame:
+        _add_config_flags(group, (ReasoningConfig,), FRAME_FLAGS)
+        _add_device(group, "the local models' device")
 
 
-def _reasoning_backends(args):
-    from vchain.backends.openai import OpenAIImageBackend, OpenAIReasoner
-
-    return (
-        OpenAIReasoner(args.reasoner_model, base_url=args.base_url),
-        OpenAIImageBackend(args.image_model, base_url=args.base_url),
+def _add_device(group, what: str) -> None:
+    group.add_argument("--device", default=None, help=f"{what} (default: cuda if available, else cpu)")
+    group.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), default=None, help="weights' dtype (default: bfloat16)"
     )
 
 
-def _reasoning_config(args, **extra):
-    from vchain.reasoning import ReasoningConfig
+class _Reasoning:
+    """The reasoner and image backend the flags ask for: checked at once, local models loaded by `build()`."""
 
-    return ReasoningConfig(**_given(args, REASONING_FLAGS), **extra)
+    def __init__(self, args):
+        from vchain.reasoning import ReasoningConfig
+
+        self.args = args
+        self.config = ReasoningConfig(**_given(args, REASONING_FLAGS), **_given(args, FRAME_FLAGS))
+        self.reasoner_kind, self.reasoner_model = _spec(
+            args.reasoner, "openai", ("openai", "transformers"), "--reasoner"
+        )
+        self.image_kind, self.image_model = _spec(
+            args.image_backend, "openai", ("openai", "diffusers"), "--image-backend"
+        )
+        self.device = _device(getattr(args, "device", None))
+        from vchain._hub import resolve_pretrained
+        from vchain.backends.openai import OpenAIImageBackend, OpenAIReasoner
+
+        # Local checkpoints are found first, then the OpenAI clients made (both cheap): a bad id or a
+        # missing key fails before any model loads.
+        if self.reasoner_model:
+            resolve_pretrained(
+                self.reasoner_model, what="reasoner weights", marker="config.json", argument="--reasoner"
+            )
+        if self.image_model:
+            resolve_pretrained(self.image_model, what="image model weights", marker="model_index.json",
+                               argument="--image-backend")  # fmt: skip
+
+        self.reasoner = (
+            OpenAIReasoner(args.reasoner_model, base_url=args.base_url) if self.reasoner_kind == "openai" else None
+        )
+        self.image_backend = (
+            OpenAIImageBackend(args.image_model, base_url=args.image_base_url) if self.image_kind == "openai" else None
+        )
+
+    def build(self):
+        """(reasoner, image_backend), loading the local ones."""
+        dtype = getattr(self.args, "dtype", None)
+        if self.reasoner is None:
+            from vchain.backends.transformers import TransformersReasoner
+
+            self.reasoner = TransformersReasoner.from_pretrained(self.reasoner_model, dtype=dtype, device=self.device)
+        if self.image_backend is None:
+            from vchain.backends.diffusers import DiffusersImageBackend
+
+            self.image_backend = DiffusersImageBackend.from_pretrained(
+                self.image_model, dtype=dtype, device=self.device
+            )
+        return self.reasoner, self.image_backend
 
 
-def _add_generator(parser: argparse.ArgumentParser, *, tuning: bool) -> None:
-    from vchain.backends.wan import DEFAULT_MODEL, WanSamplingConfig
+def _add_generator(parser: argparse.ArgumentParser) -> None:
+    from vchain.backends import GENERATOR_FAMILIES
     from vchain.tuning import LoRAConfig
 
-    group = parser.add_argument_group("video generator (Wan through diffusers)")
-    group.add_argument("--model", default=None, help=f"Diffusers-format Wan id or folder (default: {DEFAULT_MODEL})")
-    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    group.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                       help="weights' dtype (default: bfloat16)")  # fmt: skip
+    families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
+    sampling = tuple(f.generator_class().sampling_class for f in GENERATOR_FAMILIES.values())
+    group = parser.add_argument_group("video generator (Diffusers-format checkpoints)")
+    group.add_argument(
+        "--model", default=None,
+        help=f"checkpoint id or folder; its model_index.json picks the family: {families} (default: the Wan 1.3B)",
+    )  # fmt: skip
+    _add_device(group, "torch device")
     group.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
-    _add_config_flags(group, WanSamplingConfig, SAMPLING_FLAGS)
-    if tuning:
-        _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), LoRAConfig, TUNING_FLAGS)
+    _add_config_flags(group, sampling, SAMPLING_FLAGS)
+    _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
 def _device(name: str | None) -> str:
@@ -120,41 +190,53 @@ def _device(name: str | None) -> str:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise ConfigurationError(f"--device must be a torch device such as cpu or cuda:0, got {name!r}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigurationError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(f"--device {name}: this torch has no usable CUDA device (torch.cuda.is_available() "
-                                 "is False)")  # fmt: skip
+        raise ConfigurationError(
+            f"--device {name}: this torch has no usable CUDA device (torch.cuda.is_available() is False)"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigurationError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigurationError(f"--device {name}: MPS is not available here")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigurationError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
     return str(device)
 
 
-class _Settings:
+class _Generation:
     """Generator and tuner settings: recorded in a run folder, then overridden by the flags given."""
 
     def __init__(self, args, recorded: dict | None = None):
-        from vchain.backends.wan import DEFAULT_MODEL, WanLoRAConfig, WanSamplingConfig
+        from vchain.backends import family_of_generator, generator_family
         from vchain.pipeline import check_seed
 
         recorded = recorded or {}
-        self.model = getattr(args, "model", None) or recorded.get("model_id") or DEFAULT_MODEL
-        self.dtype = getattr(args, "dtype", None) or recorded.get("dtype") or "bfloat16"
-        self.device = _device(getattr(args, "device", None))
-        self.seed = check_seed(args.seed if getattr(args, "seed", None) is not None else recorded.get("seed", 0))
-        self.sampling = WanSamplingConfig(**{**recorded.get("sampling", {}), **_given(args, SAMPLING_FLAGS)}).check()
-        self.tuning = WanLoRAConfig(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
+        self.model = args.model or recorded.get("model_id")
+        self.family = generator_family(self.model) if args.model or not recorded else family_of_generator(
+            recorded.get("class")
+        )  # fmt: skip
+        generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        self.dtype = args.dtype or recorded.get("dtype") or "bfloat16"
+        self.device = _device(args.device)
+        self.seed = check_seed(args.seed if args.seed is not None else recorded.get("seed", 0))
+        given = _given(args, SAMPLING_FLAGS)
+        foreign = [
+            flag
+            for flag, name, _ in SAMPLING_FLAGS
+            if name in given and name not in generator_class.sampling_class.model_fields
+        ]
+        if foreign:
+            raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
+        self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
+        self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
 
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
-        from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
-
-        generator = WanVideoGenerator.from_pretrained(
+        generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        generator = generator_class.from_pretrained(
             self.model, dtype=self.dtype, device=self.device, **self.sampling.model_dump()
         )
-        return generator, WanLoRATuner(self.tuning)
+        return generator, tuner_class(self.tuning)
 
 
 def _recorded(output: Path) -> tuple[str, str, dict]:
@@ -169,6 +251,7 @@ def _recorded(output: Path) -> tuple[str, str, dict]:
     tuned = stages.tuning.inputs.get("generator") or {}
     tuner = stages.tuning.inputs.get("tuner") or {}
     recorded = {
+        "class": sampled.get("class") or tuned.get("class"),
         "model_id": sampled.get("model_id") or tuned.get("model_id"),
         "dtype": sampled.get("dtype") or tuned.get("dtype"),
         "sampling": dict(sampled.get("config") or {}),
@@ -179,7 +262,7 @@ def _recorded(output: Path) -> tuple[str, str, dict]:
         recorded["sampling"] = {"width": width, "height": height}
     if stages.sampling.seed is not None:
         recorded["seed"] = stages.sampling.seed
-    return manifest.prompt, manifest.variant, recorded
+    return manifest.prompt, manifest.variant, {k: v for k, v in recorded.items() if v is not None}
 
 
 # -------------------------------------------------------------------------------------- commands
@@ -192,9 +275,8 @@ def cmd_think(args) -> int:
 
     check_prompt(args.prompt)
     check_output_dir(args.output, create=False)
-    config = _reasoning_config(args)
-    reasoner, image_backend = _reasoning_backends(args)
-    pipe = VChainPipeline(reasoner, image_backend, reasoning=config)
+    reasoning = _Reasoning(args)
+    pipe = VChainPipeline(*reasoning.build(), reasoning=reasoning.config, release_between_stages=True)
     chain = pipe.think(args.prompt, output_dir=args.output, overwrite=args.overwrite)
     print(f"{len(chain.images)} keyframes in {args.output}")
     for i, caption in enumerate(chain.captions):
@@ -211,20 +293,14 @@ def cmd_generate(args) -> int:
     check_prompt(args.prompt)
     check_output_dir(args.output, create=False)
     spec = get_variant(args.variant)
-    settings = _Settings(args)
-    config = _reasoning_config(args)
-    reasoner = image_backend = None
-    if spec.reasoning is not None:  # the key is checked before the model loads
-        reasoner, image_backend = _reasoning_backends(args)
-    generator, tuner = settings.build()
-    pipe = VChainPipeline(reasoner, image_backend, generator, tuner if spec.tuning else None, reasoning=config)
-    out = pipe(
-        args.prompt,
-        output_dir=args.output,
-        variant=args.variant,
-        seed=settings.seed,
-        overwrite=args.overwrite,
-    )
+    generation = _Generation(args)
+    reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
+    reasoner, image_backend = reasoning.build() if reasoning else (None, None)
+    generator, tuner = generation.build()
+    config = reasoning.config if reasoning else None
+    pipe = VChainPipeline(reasoner, image_backend, generator, tuner if spec.tuning else None, reasoning=config,
+                          release_between_stages=True)  # fmt: skip
+    out = pipe(args.prompt, args.output, variant=args.variant, seed=generation.seed, overwrite=args.overwrite)
     print(f"{args.variant}: {len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
@@ -236,7 +312,7 @@ def cmd_tune(args) -> int:
     prompt, variant, recorded = _recorded(args.output)
     if not get_variant(variant).tuning:
         raise ConfigurationError(f"{str(args.output)!r} holds a {variant!r} run, which does not tune")
-    generator, tuner = _Settings(args, recorded).build()
+    generator, tuner = _Generation(args, recorded).build()
     out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, stop_after="tuning")
     record = out.manifest.stages.tuning
     where = args.output / "lora" if record.outputs else "memory only (not saved)"
@@ -249,10 +325,10 @@ def cmd_sample(args) -> int:
     from vchain.variants import get_variant
 
     prompt, variant, recorded = _recorded(args.output)
-    settings = _Settings(args, recorded)
-    generator, tuner = settings.build()
+    generation = _Generation(args, recorded)
+    generator, tuner = generation.build()
     tuner = tuner if get_variant(variant).tuning else None
-    out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, seed=settings.seed)
+    out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, seed=generation.seed)
     print(f"{len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
@@ -262,12 +338,19 @@ def cmd_demo(args) -> int:
     from vchain.testing import DEMO_PROMPT, demo_pipeline
 
     check_output_dir(args.output, create=False)
+    kind = "open-weight " if args.open_weights else ""
     print(
-        "vchain demo: every stage on tiny RANDOM models and a scripted reasoner, offline. The video is noise "
-        "from untrained weights; it shows the machinery and the run folder, not the method's quality."
+        f"vchain demo: every stage on tiny RANDOM {kind}models, offline. The video is noise from untrained "
+        "weights; it shows the machinery and the run folder, not the method's quality."
     )
     seed = 0 if args.seed is None else args.seed
-    out = demo_pipeline(seed)(DEMO_PROMPT, output_dir=args.output, seed=seed, overwrite=args.overwrite)
+    if args.open_weights:
+        from vchain.testing.demo import open_weights_demo_pipeline
+
+        pipe = open_weights_demo_pipeline(seed)
+    else:
+        pipe = demo_pipeline(seed)
+    out = pipe(DEMO_PROMPT, output_dir=args.output, seed=seed, overwrite=args.overwrite)
     for name, record in out.manifest.stages:
         print(f"  {name:<10} {record.status:<8} {record.total_seconds:.2f} s  {record.seconds}")
     print(f"{len(out.chain.images)} keyframes, {len(out.frames)} frames -> {out.video_path}")
@@ -281,12 +364,11 @@ def cmd_suite(args) -> int:
     check_output_dir(args.output, create=False)
     cases = parse_cases(args.cases) if args.cases is not None else list(range(len(PAPER_CASES)))
     if args.demo:
-        given = [
-            flag
-            for flag, name in (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)
-            if getattr(args, name) is not None
-        ]
-        given += [f"--{n.replace('_', '-')}" for n in ("model", "device", "dtype", "base_url") if getattr(args, n)]
+        flags = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)
+        given = [flag for flag, name, _ in flags if getattr(args, name) is not None]
+        given += [f"--{n.replace('_', '-')}" for n in ("model", "device", "dtype", "base_url", "image_base_url")
+                  if getattr(args, n)]  # fmt: skip
+        given += [f"--{n.replace('_', '-')}" for n in ("reasoner", "image_backend") if getattr(args, n) != "openai"]
         if given:
             raise ConfigurationError(f"--demo runs fixed tiny models; {', '.join(given)} do(es) not apply to it")
         from vchain.testing import demo_pipeline
@@ -298,17 +380,44 @@ def cmd_suite(args) -> int:
     else:
         from vchain.pipeline import VChainPipeline
 
-        settings = _Settings(args)
-        seed = settings.seed
-        config = _reasoning_config(args)
-        reasoner, image_backend = _reasoning_backends(args)
+        generation, reasoning = _Generation(args), _Reasoning(args)
+        seed = generation.seed
 
         def make_pipeline():
-            generator, tuner = settings.build()
-            return VChainPipeline(reasoner, image_backend, generator, tuner, reasoning=config)
+            generator, tuner = generation.build()
+            return VChainPipeline(*reasoning.build(), generator, tuner, reasoning=reasoning.config,
+                                  release_between_stages=True)  # fmt: skip
 
     runs = run_suite(make_pipeline, args.output, cases, args.variants, seed=seed)
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
+    return EXIT_OK
+
+
+def cmd_judge(args) -> int:
+    from vchain.judging import JudgingConfig, finished_runs, judge_runs
+
+    finished_runs(args.runs_dir)  # a bad folder fails before any key or model is needed
+    config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
+    kind, model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
+    if kind == "openai":
+        from vchain.backends.openai import OpenAIJudge
+
+        judge = OpenAIJudge(args.judge_model, base_url=args.base_url, grid=args.grid)
+    else:
+        from vchain.backends.transformers import TransformersJudge
+
+        judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=_device(args.device))
+    result = judge_runs(args.runs_dir, judge, config)
+    print(result.summary_md.read_text(encoding="utf-8").rstrip())
+    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from vchain.report import write_report
+
+    path = write_report(args.runs_dir, args.output)
+    print(f"report: {path}")
     return EXIT_OK
 
 
@@ -322,13 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand that is not given -v keeps `vchain -v COMMAND`'s.
     common.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="log debug messages (and tracebacks)",
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages (and tracebacks)"
     )
-    common.add_argument(
+    output = argparse.ArgumentParser(add_help=False, parents=[common])
+    output.add_argument(
         "-o", "--output", type=_folder, required=True, metavar="DIR",
         help="run folder: artifacts are written here, and a re-run resumes from it",
     )  # fmt: skip
@@ -347,43 +453,43 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     think = commands.add_parser(
-        "think", parents=[common, overwrite], help="stage 1: reason a prompt into keyframes (needs OPENAI_API_KEY)",
+        "think", parents=[output, overwrite], help="stage 1: reason a prompt into keyframes",
         description="Reason PROMPT into a chain of visual thoughts: chain.json, metadata.csv and keyframe PNGs.",
     )  # fmt: skip
     think.add_argument("prompt", help="what the video should show")
-    _add_reasoning(think)
+    _add_reasoning(think, frame=True)
     think.set_defaults(run=cmd_think)
 
     variants_help = "; ".join(f"{name}: {v.description}" for name, v in VARIANTS.items())
     generate = commands.add_parser(
-        "generate", parents=[common, overwrite], help="the whole pipeline: reason, tune, sample (GPU and a key)",
+        "generate", parents=[output, overwrite], help="the whole pipeline: reason, tune, sample (GPU)",
         description="Run one of the paper's variants on PROMPT into the output folder. Re-running resumes: "
         "finished stages whose settings are unchanged are not redone.",
     )  # fmt: skip
     generate.add_argument("prompt", help="what the video should show")
     generate.add_argument("--variant", choices=list(VARIANTS), default="vchain", help=variants_help)
     _add_reasoning(generate)
-    _add_generator(generate, tuning=True)
+    _add_generator(generate)
     generate.set_defaults(run=cmd_generate)
 
     tune = commands.add_parser(
-        "tune", parents=[common], help="stage 2: tune the generator on a folder's keyframes, save lora/",
+        "tune", parents=[output], help="stage 2: tune the generator on a folder's keyframes, save lora/",
         description="LoRA-tune the generator on the chain in the output folder (from `vchain think`). "
         "Settings not given are those the folder recorded; changed ones redo tuning.",
     )  # fmt: skip
-    _add_generator(tune, tuning=True)
+    _add_generator(tune)
     tune.set_defaults(run=cmd_tune)
 
     sample = commands.add_parser(
-        "sample", parents=[common], help="stage 3: sample a folder's video (tunes first if needed)",
+        "sample", parents=[output], help="stage 3: sample a folder's video (tunes first if needed)",
         description="Sample video.mp4 from the folder's composite prompt with its lora/. Settings not given "
         "are those the folder recorded; a changed seed or size samples again.",
     )  # fmt: skip
-    _add_generator(sample, tuning=True)
+    _add_generator(sample)
     sample.set_defaults(run=cmd_sample)
 
     suite = commands.add_parser(
-        "suite", parents=[common], help="the paper's 20 cases x variants; shards under `accelerate launch`",
+        "suite", parents=[output], help="the paper's 20 cases x variants; shards under `accelerate launch`",
         description="Run cases x variants into one tree and write summary.csv/.md. Under `accelerate launch "
         "--num_processes N` each process takes its share.",
     )  # fmt: skip
@@ -393,15 +499,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
     _add_reasoning(suite)
-    _add_generator(suite, tuning=True)
+    _add_generator(suite)
     suite.set_defaults(run=cmd_suite)
 
     demo = commands.add_parser(
-        "demo", parents=[common, overwrite], help="every stage offline on tiny random models, in seconds",
-        description="Run the whole pipeline on tiny random models and a scripted reasoner.",
+        "demo", parents=[output, overwrite], help="every stage offline on tiny random models, in seconds",
+        description="Run the whole pipeline on tiny random models: a scripted reasoner and drawn keyframes, "
+        "or with --open-weights a local vision-language model and a diffusers image editor.",
     )  # fmt: skip
     demo.add_argument("--seed", type=int, default=None, help="seed of tuning and sampling (default: 0)")
+    demo.add_argument(
+        "--open-weights", action="store_true",
+        help="reason with a tiny Qwen2.5-VL and edit with a tiny Qwen-Image-Edit-Plus, loaded from folders",
+    )  # fmt: skip
     demo.set_defaults(run=cmd_demo)
+
+    judge = commands.add_parser(
+        "judge", parents=[common], help="score every finished run below a folder with a vision-language model",
+        description="Score each finished run folder below RUNS_DIR on the six dimensions of the paper's study "
+        "into its scores.json (cached by judge and video), and write judge-summary.csv/.md into RUNS_DIR.",
+    )  # fmt: skip
+    judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+    judge.add_argument("--judge", default="openai", help="openai (default) or transformers:ID_OR_DIR")
+    judge.add_argument("--judge-model", default="gpt-4o", help="the OpenAI judge model (default: gpt-4o)")
+    judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
+    judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
+    judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
+    _add_device(judge, "the local judge's device")
+    judge.set_defaults(run=cmd_judge)
+
+    report = commands.add_parser(
+        "report", parents=[common], help="one static HTML page comparing the variants of every case",
+        description="Write one HTML page (relative links) with each case's variants side by side: video, "
+        "keyframes with captions, scores.",
+    )  # fmt: skip
+    report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+    report.add_argument("-o", "--output", type=_folder, required=True, metavar="FILE", help="the page to write")
+    report.set_defaults(run=cmd_report)
     return parser
 
 
@@ -435,9 +569,11 @@ def _run_folder(argv: list[str]) -> str | None:
 def _main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # vchain says what it does; the libraries below it only speak up for warnings (or with -v).
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("vchain").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.run(args)
     except ConfigurationError as e:

@@ -59,6 +59,13 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
                 info[attribute] = value
         return info
 
+    def release(self) -> None:  # noqa: B027 - an optional hook; most components hold no accelerator memory
+        """Free the accelerator memory this component holds, so that the next stage's model fits.
+
+        The default holds none. Local models move their weights off the GPU; the component stays usable
+        (slower) and its `to(device)`, where it has one, brings it back.
+        """
+
 
 class Reasoner(Component):
     """A multimodal model that plans the scene and predicts the chain's keyframes."""

@@ -107,14 +107,19 @@ def _reason(dimension: str) -> Any:
 
 
 def _score(dimension: str) -> Any:
-    return Field(description=f"{_title(dimension).capitalize()}: an integer from 1 (fails) to 5 (excellent).")
+    # The scale travels in the schema as an enum, which OpenAI's strict mode and local grammars both
+    # honour (a local model could otherwise write digits forever); the validator below checks it too.
+    return Field(
+        description=f"{_title(dimension).capitalize()}: an integer from 1 (fails) to 5 (excellent).",
+        json_schema_extra={"enum": [1, 2, 3, 4, 5]},
+    )
 
 
 class VideoScores(_Answer):
     """A judge's answer: each of the six dimensions scored 1 to 5, with the reason written first.
 
     This is also the structured-output schema sent to the judge, so it stays flat with every field
-    required and no range keywords (OpenAI's strict mode rejects them): the range is checked here. The
+    required; the scale is an enum in the schema and is checked here as well. The
     reason comes before its score so that a model writing in order reasons before it commits to a number.
     """
 

@@ -12,7 +12,7 @@ from PIL import Image
 from vchain.chain import ThoughtChain, check_prompt
 from vchain.errors import ConfigurationError, StageError, VChainError
 from vchain.interfaces import Adapter, ImageBackend, Interpolator, Reasoner, Tuner, VideoGenerator
-from vchain.reasoning import ReasoningConfig, augment, keyframe_frame, reason
+from vchain.reasoning import ReasoningConfig, augment, check_reasoning, keyframe_frame, reason
 from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
 from vchain.sampling import Rendered, composite_prompt, interpolate, render
 from vchain.variants import VARIANTS, Variant, get_variant
@@ -70,6 +70,9 @@ class VChainPipeline:
         reasoning: settings of the reasoning loop (never changed by the pipeline).
         save_adapter: keep the tuned adapter in the run folder (`lora/`), written in the background while
             sampling runs from memory, so a resumed run need not tune again.
+        release_between_stages: once reasoning is done, call `release()` on the reasoner and the image
+            backend, so that local models hand their GPU memory to the video generator (see
+            `docs/open-weights.md` for what fits where).
 
     Only the components a stage needs must be given: `think` needs `reasoner` and `image_backend`, and a
     finished stage of a run folder needs none.
@@ -103,6 +106,7 @@ class VChainPipeline:
         interpolator: Interpolator | None = None,
         reasoning: ReasoningConfig | None = None,
         save_adapter: bool = True,
+        release_between_stages: bool = False,
     ):
         from vchain.interpolation import CrossfadeInterpolator
 
@@ -115,8 +119,9 @@ class VChainPipeline:
                 f"reasoning must be a ReasoningConfig, got {type(reasoning).__name__}"
                 + (f"; use ReasoningConfig(**{reasoning!r})" if isinstance(reasoning, dict) else "")
             )
-        if not isinstance(save_adapter, bool):
-            raise ConfigurationError(f"save_adapter must be True or False, got {save_adapter!r}")
+        for name, flag in (("save_adapter", save_adapter), ("release_between_stages", release_between_stages)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be True or False, got {flag!r}")
         self.reasoner = reasoner
         self.image_backend = image_backend
         self.generator = generator
@@ -124,13 +129,14 @@ class VChainPipeline:
         self.interpolator = interpolator or CrossfadeInterpolator()
         self.reasoning = reasoning or ReasoningConfig()
         self.save_adapter = save_adapter
+        self.release_between_stages = release_between_stages
         self._progress: dict[str, Any] = {}
         keyframe_frame(self.reasoning, generator)  # the keyframe size must be the generator's
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm options for every progress bar (keyframes, tuning steps, denoising), as in diffusers."""
         self._progress = dict(kwargs)
-        for component in (self.tuner, self.generator):
+        for component in (self.image_backend, self.tuner, self.generator):
             if hasattr(component, "set_progress_bar_config"):
                 component.set_progress_bar_config(**kwargs)
 
@@ -224,6 +230,10 @@ class VChainPipeline:
                 out.prompt = self._augment_step(run, prompt)
             else:
                 run.skip("reasoning", f"not part of {spec.name}")
+            if self.release_between_stages:
+                for component in (self.reasoner, self.image_backend):
+                    if component is not None:
+                        component.release()
             if "tuning" in stages:
                 out.adapter = self._tune_step(run, out.chain)
             elif spec.tuning is False:
@@ -258,6 +268,9 @@ class VChainPipeline:
                     f"VChainPipeline needs {' and '.join(missing)} for the {stage} of {spec.name!r}{state}"
                 )
             redo = redo or (not missing and not run.finished(stage, None))
+        thinks = "reasoning" in stages and spec.reasoning == "chain" and self.reasoner is not None
+        if thinks and not run.finished("reasoning", None):
+            check_reasoning(self.reasoning, self.reasoner, keyframe_frame(self.reasoning, self.generator))
         augments = "reasoning" in stages and spec.reasoning == "augment" and self.reasoner is not None
         if augments and not self.reasoner.supports("augment_prompt") and not run.finished("reasoning", None):
             raise ConfigurationError(

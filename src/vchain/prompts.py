@@ -113,6 +113,17 @@ def format_captions(captions: list[str]) -> str:
     return "\n".join(f"{i}. {caption}" for i, caption in enumerate(captions))
 
 
+REDRAW = """
+
+An earlier image of this scene was rejected because: {problem}
+Correct that in this image."""
+
+
+def redraw_prompt(description: str, problem: str | None = None) -> str:
+    """The prompt of the first keyframe, with the verifier's objection when it is drawn again."""
+    return description + REDRAW.format(problem=problem) if problem else description
+
+
 def edit_instruction(caption: str, problem: str | None = None) -> str:
     """The default edit prompt for a keyframe caption, with the verifier's objection on a redo."""
     text = EDIT_INSTRUCTION.format(caption=caption)

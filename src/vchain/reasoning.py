@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
+from vchain import prompts
 from vchain.accounting import UsageMeter
-from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain, check_prompt
+from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain, check_prompt
 from vchain.config import Config, describe_errors
 from vchain.errors import (
     BackendError,
@@ -32,10 +33,15 @@ from vchain.errors import (
 from vchain.images import UnreadableImageError, fit_to_frame, read_image, stitch
 from vchain.interfaces import ImageBackend, Reasoner
 
+if TYPE_CHECKING:
+    from vchain.color import ColorCorrection
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 StopReason = Literal["model", "cap"]
+# The colour correction compares keyframes in blocks of this many pixels (see vchain.color).
+COLOR_BLOCK = 16
 # The keyframe size when nothing else sets it: Wan2.1's 480p frame.
 DEFAULT_FRAME = (832, 480)
 
@@ -58,6 +64,17 @@ class ReasoningConfig(Config):
     height: int | None = Field(
         None, gt=0, le=8192, description="keyframe height; None takes the generator's, else 480"
     )
+    color_correction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the editor's accumulated colour cast removed from each keyframe: 0 keeps images "
+        "exactly as the editor returned them, 1 (recommended when on) removes all of it",
+    )
+    verify_keyframes: bool = Field(
+        False, description="have the reasoner check each new keyframe against its caption, and redraw a rejected one"
+    )
+    max_redos: int = Field(2, ge=0, le=10, description="most redraws of one rejected keyframe; then the last is kept")
 
 
 class KeyframeAnswer(BaseModel):
@@ -68,19 +85,39 @@ class KeyframeAnswer(BaseModel):
     is_last: bool
 
 
+class KeyframeCheck(BaseModel):
+    """A paid verdict on one draw of a keyframe (the draw itself is kept only if it was accepted)."""
+
+    index: int = Field(ge=0)
+    matches: bool
+    problem: str = ""
+
+
 @dataclass
 class ReasoningLog:
     """Where the loop reports progress; a run folder persists it, the default keeps it in memory.
 
     Attributes:
         answers: perception answers by keyframe index, those of an earlier run included.
+        checks: the verifier's verdicts, in order, those of an earlier run included.
+        corrections: the colour correction applied to each keyframe, by index.
     """
 
     answers: dict[int, KeyframeAnswer] = field(default_factory=dict)
+    checks: list[KeyframeCheck] = field(default_factory=list)
+    corrections: dict[int, ColorCorrection] = field(default_factory=dict)
 
     def record_answer(self, answer: KeyframeAnswer) -> None:
         """A caption was paid for; called before the image edit that uses it."""
         self.answers[answer.index] = answer
+
+    def record_check(self, check: KeyframeCheck) -> None:
+        """A verdict was paid for; called before the keyframe is kept or drawn again."""
+        self.checks.append(check)
+
+    def record_correction(self, index: int, correction: ColorCorrection) -> None:
+        """The colour correction of keyframe `index` (a redraw replaces the earlier one)."""
+        self.corrections[index] = correction
 
     def commit(self, chain: ThoughtChain) -> None:
         """The chain grew (plan, or a finished keyframe); everything in it is final."""
@@ -130,45 +167,38 @@ def reason(
     A failure raises `StageError` naming the step and keyframe; everything committed stays committed.
     """
     config = config or ReasoningConfig()
-    log = log or ReasoningLog()
-    meter = meter or UsageMeter()
-    prompt = check_prompt(prompt)
     width, height = frame or keyframe_frame(config)
-    call = _Caller(config, meter)
+    check_reasoning(config, reasoner, (width, height))
+    loop = _Loop(config, reasoner, image_backend, (width, height), log or ReasoningLog(), meter or UsageMeter())
+    prompt = check_prompt(prompt)
 
     if chain is None:
-        plan = call(ScenePlan, "plan", None, reasoner, "plan", prompt)
+        plan = loop.call(ScenePlan, "plan", None, reasoner, "plan", prompt)
         chain = ThoughtChain.from_plan(prompt, plan)
-        log.commit(chain)
+        loop.log.commit(chain)
         logger.info("Planned %r: %s", chain.name, plan.consequences)
 
     if not chain.images:
-        image = call(Image.Image, "generate", 0, image_backend, "generate", chain.context_frame, width=width,
-                     height=height)  # fmt: skip
-        chain.images.append(fit_to_frame(image, width, height))
-        log.commit(chain)
+        chain.images.append(loop.keyframe(chain, 0, chain.context_frame))
+        loop.log.commit(chain)
         if progress:
             progress(1)
 
-    last = log.answers.get(len(chain.images) - 1)
+    last = loop.log.answers.get(len(chain.images) - 1)
     if last is not None and last.is_last and last.caption == chain.key_frames[-1]:
         return ReasoningResult(chain, "model")  # finished before a crash could record it
     while len(chain.images) < config.max_keyframes:
         index = len(chain.images)
-        answer = log.answers.get(index)
+        answer = loop.log.answers.get(index)
         if answer is None:
             composite = stitch(chain.images, config.composite_max_pixels)
-            reply = call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite)
+            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite)
             answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last)
-            log.record_answer(answer)
+            loop.log.record_answer(answer)
         else:
             logger.info("Keyframe %d: using the caption paid for earlier", index)
-        references = edit_references(chain.images, image_backend.max_references, config.edit_inputs)
-        instruction = image_backend.instruction(answer.caption)
-        image = call(Image.Image, "edit", index, image_backend, "edit", references, instruction, width=width,
-                     height=height)  # fmt: skip
-        chain.append(answer.caption, fit_to_frame(image, width, height))
-        log.commit(chain)
+        chain.append(answer.caption, loop.keyframe(chain, index, answer.caption))
+        loop.log.commit(chain)
         if progress:
             progress(len(chain.images))
         logger.info("Keyframe %d%s: %s", index, " (last)" if answer.is_last else "", answer.caption)
@@ -181,6 +211,80 @@ def reason(
         config.max_keyframes,
     )
     return ReasoningResult(chain, "cap")
+
+
+def check_reasoning(config: ReasoningConfig, reasoner: Reasoner, frame: tuple[int, int]) -> None:
+    """Settings that cannot work with this reasoner or frame, refused before any call."""
+    if config.verify_keyframes and not reasoner.supports("verify_keyframe"):
+        raise ConfigurationError(
+            f"verify_keyframes=True needs a reasoner with verify_keyframe(); {type(reasoner).__name__} has none"
+        )
+    if config.color_correction > 0 and min(frame) < COLOR_BLOCK:
+        raise ConfigurationError(
+            f"color_correction={config.color_correction} needs keyframes of at least {COLOR_BLOCK} pixels a "
+            f"side, got {frame[0]}x{frame[1]}"
+        )
+
+
+class _Loop:
+    """The parts of one reasoning run that every keyframe uses: calls, the log, the colour corrector."""
+
+    def __init__(self, config, reasoner, image_backend, frame, log: ReasoningLog, meter: UsageMeter):
+        self.config, self.reasoner, self.image_backend, self.frame, self.log = (
+            config,
+            reasoner,
+            image_backend,
+            frame,
+            log,
+        )
+        self.call = _Caller(config, meter)
+        self.corrector = None
+        if config.color_correction > 0:
+            from vchain.color import ColorCorrector
+
+            self.corrector = ColorCorrector(config.color_correction, records=log.corrections,
+                                            block_size=COLOR_BLOCK)  # fmt: skip
+
+    def keyframe(self, chain: ThoughtChain, index: int, caption: str) -> Image.Image:
+        """Keyframe `index`: drawn, fitted to the frame, colour-corrected and, when asked, verified.
+
+        A rejected draw is drawn again with the verifier's objection in its prompt, at most `max_redos`
+        times; then the last draw is kept. Verdicts paid in an earlier run count towards the limit.
+        """
+        earlier = [c for c in self.log.checks if c.index == index]
+        redos = sum(not c.matches for c in earlier)
+        problem = earlier[-1].problem if earlier and not earlier[-1].matches else None
+        while True:
+            image = fit_to_frame(self._draw(chain, index, caption, problem), *self.frame)
+            if self.corrector is not None:
+                image, correction = self.corrector(chain.images, image)
+                self.log.record_correction(index, correction)
+            if not self.config.verify_keyframes:
+                return image
+            verdict = self.call(KeyframeVerdict, "verify", index, self.reasoner, "verify_keyframe", chain, image,
+                                caption)  # fmt: skip
+            self.log.record_check(KeyframeCheck(index=index, matches=verdict.matches, problem=verdict.problem))
+            if verdict.matches:
+                return image
+            if redos >= self.config.max_redos:
+                logger.warning("Keyframe %d kept after %d redraw(s); the verifier still says: %s", index, redos,
+                               verdict.problem)  # fmt: skip
+                return image
+            redos += 1
+            problem = verdict.problem or "it does not show what the caption describes"
+            logger.info("Keyframe %d rejected (%s); drawing it again (%d/%d)", index, problem, redos,
+                        self.config.max_redos)  # fmt: skip
+
+    def _draw(self, chain: ThoughtChain, index: int, caption: str, problem: str | None) -> Image.Image:
+        width, height = self.frame
+        backend = self.image_backend
+        if index == 0:
+            prompt = prompts.redraw_prompt(chain.context_frame, problem)
+            return self.call(Image.Image, "generate", 0, backend, "generate", prompt, width=width, height=height)
+        references = edit_references(chain.images, backend.max_references, self.config.edit_inputs)
+        instruction = backend.instruction(caption, problem)
+        return self.call(Image.Image, "edit", index, backend, "edit", references, instruction, width=width,
+                         height=height)  # fmt: skip
 
 
 def augment(

@@ -44,9 +44,10 @@ from vchain import _io
 from vchain._redact import redact
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain
+from vchain.color import ColorCorrection
 from vchain.config import describe_errors
 from vchain.errors import ConfigurationError, VChainError
-from vchain.reasoning import KeyframeAnswer, ReasoningLog, StopReason
+from vchain.reasoning import KeyframeAnswer, KeyframeCheck, ReasoningLog, StopReason
 from vchain.variants import STAGES
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class ReasoningRecord(StageRecord):
     keyframes: int = 0
     stop_reason: StopReason | None = None
     answers: list[KeyframeAnswer] = Field([], description="every paid perception answer, by keyframe")
+    checks: list[KeyframeCheck] = Field([], description="every paid verdict on a keyframe draw, in order")
+    corrections: dict[int, ColorCorrection] = Field({}, description="the colour correction of each keyframe")
     augmented_prompt: str | None = None
 
 
@@ -626,13 +629,22 @@ class _FolderReasoningLog(ReasoningLog):
 
     def __init__(self, run: RunDirectory):
         record = run.manifest.stages.reasoning
-        super().__init__({a.index: a for a in record.answers})
+        super().__init__({a.index: a for a in record.answers}, list(record.checks), dict(record.corrections))
         self.run, self.record = run, record
 
     def record_answer(self, answer: KeyframeAnswer) -> None:
         super().record_answer(answer)
         self.record.answers = [a for a in self.record.answers if a.index != answer.index] + [answer]
         self.run.save()
+
+    def record_check(self, check: KeyframeCheck) -> None:
+        super().record_check(check)
+        self.record.checks = list(self.checks)
+        self.run.save()
+
+    def record_correction(self, index: int, correction: ColorCorrection) -> None:
+        super().record_correction(index, correction)
+        self.record.corrections = dict(self.corrections)
 
     def commit(self, chain: ThoughtChain) -> None:
         chain.save(self.run.path)

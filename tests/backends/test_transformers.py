@@ -235,3 +235,17 @@ def test_bad_settings_are_refused_naming_them(qwen, setting, value):
 def test_a_string_in_place_of_a_model_points_to_from_pretrained(qwen):
     with pytest.raises(ConfigurationError, match="from_pretrained"):
         TransformersReasoner("Qwen/Qwen2.5-VL-7B-Instruct", qwen.processor)
+
+
+def test_a_local_judge_scores_a_finished_run_on_the_scale(qwen, tmp_path):
+    from vchain.backends.transformers import TransformersJudge
+    from vchain.judging import DIMENSIONS, JudgingConfig, judge_runs
+    from vchain.testing.toy import ToyGenerator
+
+    VChainPipeline(generator=ToyGenerator())("A rock falls.", tmp_path / "run", variant="t2v")
+    judge = TransformersJudge(qwen)
+    result = judge_runs(tmp_path, judge, JudgingConfig(frames=1))
+    (entry,) = json.loads((tmp_path / "run" / "scores.json").read_text())["entries"]
+    answer = entry["scores"]
+    assert all(answer[d] in (1, 2, 3, 4, 5) and answer[f"{d}_reason"] for d in DIMENSIONS)
+    assert judge.describe()["class"] == "TransformersJudge" and result.usage.requests == 1

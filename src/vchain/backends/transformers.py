@@ -40,7 +40,8 @@ from vchain.accounting import report_request
 from vchain.chain import AugmentedPrompt, KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.config import describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError
-from vchain.interfaces import Reasoner
+from vchain.interfaces import Judge, Reasoner
+from vchain.judging import VideoScores
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -505,3 +506,42 @@ def _llguidance():
     except ImportError as e:
         raise ConfigurationError(f"TransformersReasoner constrains its answers with llguidance: {_INSTALL}") from e
     return llguidance
+
+
+class TransformersJudge(Judge):
+    """A local vision-language model that scores videos (`vchain judge --judge transformers:ID`).
+
+    It asks the model through `TransformersReasoner.complete`, so its `VideoScores` answer is decoded under
+    the schema's grammar (the 1-to-5 scale is an enum there) like every other local answer.
+
+    Args:
+        reasoner: the loaded model, as a `TransformersReasoner` (whose decoding settings apply).
+        grid: send the frames tiled into one image instead of one image per frame.
+    """
+
+    def __init__(self, reasoner: TransformersReasoner, *, grid: bool = False):
+        if not isinstance(reasoner, TransformersReasoner):
+            raise ConfigurationError(
+                f"reasoner must be a TransformersReasoner, got {type(reasoner).__name__}; "
+                "use TransformersJudge.from_pretrained(model_id)"
+            )
+        if not isinstance(grid, bool):
+            raise ConfigurationError(f"grid must be True or False, got {grid!r}")
+        self.reasoner, self.grid = reasoner, grid
+
+    @classmethod
+    def from_pretrained(cls, model_id: str | Path, *, grid: bool = False, **kwargs: Any) -> TransformersJudge:
+        """Load `model_id` as `TransformersReasoner.from_pretrained(model_id, **kwargs)` does."""
+        return cls(TransformersReasoner.from_pretrained(model_id, **kwargs), grid=grid)
+
+    def score(self, prompt: str, frames) -> VideoScores:
+        from vchain.judging import judge_messages
+
+        return self.reasoner.complete(judge_messages(prompt, frames, grid=self.grid), VideoScores)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.reasoner.describe(), "class": type(self).__name__, "grid": self.grid}
+
+    def release(self) -> None:
+        """Give the accelerator memory back (see `TransformersReasoner.release`)."""
+        self.reasoner.release()

@@ -1,6 +1,9 @@
-"""The offline demo: the whole pipeline on tiny random models, a scripted reasoner and drawn keyframes."""
+"""The offline demos: the whole pipeline on tiny random models, with a scripted reasoner and drawn
+keyframes (`demo_pipeline`), or with open-weight model families end to end (`open_weights_demo_pipeline`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from vchain.testing.fakes import DrawingImageBackend, ScriptedReasoner
 from vchain.testing.tiny import tiny_wan_pipeline
@@ -30,4 +33,42 @@ def demo_pipeline(seed: int = 0, *, steps: int = 30):
         image_backend=DrawingImageBackend(),
         generator=generator,
         tuner=WanLoRATuner(steps=steps, learning_rate=1e-3, seed=seed, log_every=5),
+    )
+
+
+def open_weights_demo_pipeline(seed: int = 0, *, steps: int = 10):
+    """The whole pipeline offline with no proprietary model anywhere, on tiny random open-weight models.
+
+    A tiny Qwen2.5-VL reasons (`TransformersReasoner`, its answers held to vchain's schemas while
+    decoding, so even random weights give valid plans and captions), a tiny FLUX.2 klein draws and edits
+    the keyframes (`DiffusersImageBackend`), and a tiny Wan is tuned and samples. Each is saved to a
+    folder laid out like a hub checkpoint and loaded back through its `from_pretrained`, the path real
+    checkpoints take. The captions are random text and the images noise: this shows the machinery.
+    """
+    import tempfile
+
+    from vchain.backends.diffusers import DiffusersImageBackend
+    from vchain.backends.transformers import TransformersReasoner
+    from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
+    from vchain.pipeline import VChainPipeline
+    from vchain.reasoning import ReasoningConfig
+    from vchain.testing.tiny_image import tiny_image_checkpoint
+    from vchain.testing.tiny_vlm import tiny_vlm
+
+    wan = Path(tempfile.mkdtemp(prefix="vchain-tiny-wan-"))
+    tiny_wan_pipeline(seed).save_pretrained(wan)
+    reasoner = TransformersReasoner.from_pretrained(
+        tiny_vlm("qwen2_5_vl", seed), max_new_tokens=256, max_string_length=24
+    )
+    editor = DiffusersImageBackend.from_pretrained(
+        tiny_image_checkpoint("Flux2KleinPipeline", seed), dtype="float32", seed=seed
+    )
+    editor.set_progress_bar_config(disable=True)  # one bar per keyframe edit says little
+    sampling = dict(height=64, width=64, num_frames=17, num_inference_steps=8, max_sequence_length=256, fps=8)
+    return VChainPipeline(
+        reasoner=reasoner,
+        image_backend=editor,
+        generator=WanVideoGenerator.from_pretrained(wan, dtype="float32", **sampling),
+        tuner=WanLoRATuner(steps=steps, learning_rate=1e-3, seed=seed, log_every=5),
+        reasoning=ReasoningConfig(max_keyframes=3),
     )

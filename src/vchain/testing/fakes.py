@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vchain.chain import NextKeyframe, ScenePlan, ThoughtChain
+from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.interfaces import ImageBackend, Reasoner
 
 
@@ -31,6 +31,7 @@ class ScriptedReasoner(Reasoner):
         flag_last: flag the final caption as the last keyframe (set False to test the cap; the script
             then repeats its final caption).
         augmented: what `augment_prompt` returns (`"{prompt}"` is replaced by the prompt).
+        verdicts: what `verify_keyframe` answers, in order (then every keyframe matches).
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class ScriptedReasoner(Reasoner):
         plan: ScenePlan | None = None,
         flag_last: bool = True,
         augmented: str = "{prompt}, in rich physical detail.",
+        verdicts: Sequence[KeyframeVerdict] = (),
     ):
         if not captions:
             raise ValueError("captions must hold at least one keyframe caption, got none")
@@ -47,21 +49,29 @@ class ScriptedReasoner(Reasoner):
         self.fixed_plan = plan
         self.flag_last = flag_last
         self.augmented = augmented
+        self.verdicts = list(verdicts)
         self.calls: list[tuple[str, Any]] = []
 
     def plan(self, prompt: str) -> ScenePlan:
         self.calls.append(("plan", prompt))
         return self.fixed_plan or example_plan(prompt)
 
-    def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
-        index = len(chain.key_frames)
-        self.calls.append(("next_keyframe", index))
+    def answer(self, index: int) -> NextKeyframe:
+        """The script's answer for keyframe `index + 1` (the caption after `index` keyframe captions)."""
         caption = self.captions[min(index, len(self.captions) - 1)]
         return NextKeyframe(caption=caption, is_last=self.flag_last and index >= len(self.captions) - 1)
+
+    def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
+        self.calls.append(("next_keyframe", len(chain.key_frames)))
+        return self.answer(len(chain.key_frames))
 
     def augment_prompt(self, prompt: str) -> str:
         self.calls.append(("augment_prompt", prompt))
         return self.augmented.replace("{prompt}", prompt)
+
+    def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
+        self.calls.append(("verify_keyframe", len(chain.images)))
+        return self.verdicts.pop(0) if self.verdicts else KeyframeVerdict(matches=True, problem="")
 
 
 def draw_image(text: str, width: int, height: int) -> Image.Image:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from vchain.chain import NextKeyframe
+from vchain.chain import KeyframeVerdict
 from vchain.judging import DIMENSIONS, VideoScores
 from vchain.testing.fakes import ScriptedReasoner, draw_image
 
@@ -92,10 +92,9 @@ def scripted_chat(reasoner: ScriptedReasoner) -> ChatResponder:
             return Reply.json(reasoner.plan(text))
         if name == "NextKeyframe":
             match = re.search(r"Describe keyframe (\d+)", text)
-            index = int(match.group(1)) - 1 if match else 0
-            caption = reasoner.captions[min(index, len(reasoner.captions) - 1)]
-            last = reasoner.flag_last and index >= len(reasoner.captions) - 1
-            return Reply.json(NextKeyframe(caption=caption, is_last=last))
+            return Reply.json(reasoner.answer(int(match.group(1)) - 1 if match else 0))
+        if name == "KeyframeVerdict":
+            return Reply.json(KeyframeVerdict(matches=True, problem=""))
         if name == "VideoScores":
             return Reply.json(scripted_scores(body))
         return Reply(content=reasoner.augment_prompt(text))
