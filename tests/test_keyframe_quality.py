@@ -77,7 +77,7 @@ def test_without_correction_the_cast_accumulates_and_images_are_exactly_the_edit
 
 def test_correction_removes_the_cast_and_keeps_the_change_the_chain_is_about(tmp_path):
     plain, _, _ = run(tmp_path / "plain")
-    chain, editor, _ = run(tmp_path / "corrected", color_correction=1.0)
+    chain, _, _ = run(tmp_path / "corrected", color_correction=1.0)
     assert max(background_shift(chain)) < 1.5
     true_change = plate_a(plain.images[-1]) - plate_a(plain.images[0])  # +36, the editor's cast aside
     kept = (plate_a(chain.images[-1]) - plate_a(chain.images[0])) / true_change
@@ -109,9 +109,9 @@ def test_quality_settings_are_checked(fields, message):
 
 def test_correction_on_keyframes_too_small_for_it_is_refused_before_any_call(tmp_path):
     reasoner = ScriptedReasoner()
-    pipe = VChainPipeline(reasoner, DrawingImageBackend(), reasoning=ReasoningConfig(width=8, height=8,
-                                                                                       color_correction=1.0))  # fmt: skip
-    with pytest.raises(ConfigurationError, match="color_correction=1.0 needs keyframes of at least 16 pixels"):
+    config = ReasoningConfig(width=8, height=8, color_correction=1.0)
+    pipe = VChainPipeline(reasoner, DrawingImageBackend(), reasoning=config)
+    with pytest.raises(ConfigurationError, match=r"color_correction=1\.0 needs keyframes of at least 16 pixels"):
         pipe.think("p", tmp_path)
     assert reasoner.calls == []
 
@@ -124,8 +124,8 @@ def verdict(matches, problem=""):
 
 
 def test_a_rejected_keyframe_is_drawn_again_with_the_problem_in_its_instruction(tmp_path):
-    reasoner = ScriptedReasoner(["The egg lies cracked.", "The yolk spreads."],
-                                verdicts=[verdict(True), verdict(False, "the egg is still whole"), verdict(True)])  # fmt: skip
+    verdicts = [verdict(True), verdict(False, "the egg is still whole"), verdict(True)]
+    reasoner = ScriptedReasoner(["The egg lies cracked.", "The yolk spreads."], verdicts=verdicts)
     backend = DrawingImageBackend()
     pipe = VChainPipeline(reasoner, backend, reasoning=ReasoningConfig(width=32, height=32, verify_keyframes=True))
     chain = pipe.think("An egg falls.", tmp_path)
@@ -152,7 +152,7 @@ def test_the_first_keyframe_is_verified_and_redrawn_by_generating_again():
     VChainPipeline(reasoner, backend, reasoning=ReasoningConfig(width=16, height=16, verify_keyframes=True)).think("p")
     generated = [prompt for kind, prompt, _ in backend.calls if kind == "generate"]
     assert len(generated) == 2 and "the table is missing" in generated[1]
-    assert [c for c in reasoner.calls if c[0] == "verify_keyframe"][0] == ("verify_keyframe", 0)  # no images yet
+    assert next(c for c in reasoner.calls if c[0] == "verify_keyframe") == ("verify_keyframe", 0)  # no images yet
 
 
 def test_redraws_stop_at_max_redos_and_the_last_draw_is_kept(tmp_path, caplog):

@@ -43,16 +43,9 @@ SCREENSHOT_MAX_BYTES = 300_000
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     """Two paper cases under vchain and t2v on the tiny demo models, judged by the stand-in's scores."""
-    import torch
 
     root = tmp_path_factory.mktemp("demo") / "suite"
-    # Tiny models gain nothing from intra-op threads, and on a busy machine their spinning costs 10x.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_suite(lambda: demo_pipeline(steps=5), root, cases=[0, 13], variants=["vchain", "t2v"])
-    finally:
-        torch.set_num_threads(threads)
+    run_suite(lambda: demo_pipeline(steps=5), root, cases=[0, 13], variants=["vchain", "t2v"])
     with FakeOpenAIServer(schema_path=SCHEMA) as server:
         judge_runs(root, OpenAIJudge(client=openai.OpenAI(api_key="test", base_url=server.base_url)))
         assert len(server.requests) == 4 and not any(r.schema_errors for r in server.requests)

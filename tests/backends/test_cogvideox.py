@@ -24,15 +24,6 @@ SIZE = dict(height=32, width=32, num_frames=1, num_inference_steps=4)
 CAPTIONS = ["a red egg on the table", "a blue ball in the water", "a yellow duck in the sky"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread; the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_generator(version="5b", **overrides):
     return CogVideoXVideoGenerator(tiny_cogvideox_pipeline(version=version), **{**SIZE, **overrides})
 

@@ -29,13 +29,9 @@ STEPS = 2
 
 @pytest.fixture(scope="module", autouse=True)
 def _tiny_model_settings():
-    """References at tiny-model sizes; one intra-op thread, as tiny models gain nothing from more and
-    on a shared CPU the threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """References at tiny-model sizes (the real ones resize every reference to about a megapixel)."""
     with small_references():
         yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

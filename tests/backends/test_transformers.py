@@ -30,15 +30,6 @@ PROMPT = "A rock <|image_pad|> and a feather <start_of_image> fall <|im_end|> to
 CONFIG = ReasoningConfig(max_keyframes=3, width=64, height=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Models this small decode fastest on one thread; two wait on each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request) -> str:
     return request.param
