@@ -82,8 +82,7 @@ def test_generate_without_a_key_fails_before_loading_any_model(tmp_path, capsys,
         (["--frames", "80"], "num_frames must be 4k+1"),
         (["--guidance", "nan"], "guidance_scale must be a finite number, got nan"),
         (["--height", "33"], "height must be a multiple of 16, got 33"),
-        (["--rank", "0"], "rank must be greater than or equal to 1, got 0"),
-        (["--lr", "inf"], "learning_rate must be a finite number, got inf"),
+        (["--rank", "0"], "--rank does not apply to the t2v variant, which does not tune"),
         (["--seed", "1180591620717411303424"], "seed must be None or an integer in [0, 2**63)"),
         (["--device", "cuda"], "--device cuda: this torch has no usable CUDA device"),
         (["--device", "tpu"], "--device must be"),
@@ -114,9 +113,10 @@ def test_tune_with_a_new_rank_tunes_again_and_says_where_the_adapter_is(tiny_wan
     run = str(tmp_path / "run")
     assert main(["demo", "-o", run]) == 0
     capsys.readouterr()
-    assert main(["tune", "-o", run, "--model", tiny_wan, "--rank", "4", "--tune-steps", "3", *TINY]) == 0
+    frame = ["--height", "32", "--width", "32", "--dtype", "float32"]
+    assert main(["tune", "-o", run, "--model", tiny_wan, "--rank", "4", "--tune-steps", "3", *frame]) == 0
     out = capsys.readouterr().out
-    assert f"adapter in {run}/lora" in out
+    assert f"tuned in" in out and f"adapter in {run}/lora" in out
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["stages"]["tuning"]["inputs"]["tuner"]["config"]["rank"] == 4
     assert m["stages"]["sampling"]["status"] == "done"  # the old video stays until sampling runs again
@@ -243,7 +243,7 @@ def test_think_takes_the_keyframe_size_and_the_quality_switches(server, tmp_path
         (["--reasoner", "local:x"], "--reasoner must be openai or transformers:ID_OR_DIR, got 'local:x'"),
         (["--reasoner", "transformers:"], "--reasoner must be openai or transformers:ID_OR_DIR"),
         (["--image-backend", "diffusers"], "--image-backend must be openai or diffusers:ID_OR_DIR"),
-        (["--image-base-url", "localhost:8000"], "base_url must be an http:// or https:// URL, got 'localhost:8000'"),
+        (["--image-base-url", "localhost:8000"], "base_url must be an http:// or https:// URL with a host, got"),
         (["--reasoner", "transformers:./no/such/model"], "neither an existing folder nor a hub id"),
     ],
 )

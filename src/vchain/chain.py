@@ -35,7 +35,11 @@ MAX_NAME_LENGTH = 40
 
 
 class _Answer(BaseModel):
-    """A structured model answer: every string must say something."""
+    """A structured model answer: every string must say something, every value has its type (a `"yes"`
+    is not a `True`), and an instance built without validation (`model_construct`) is validated again
+    when a stage receives it."""
+
+    model_config = ConfigDict(strict=True, revalidate_instances="always")
 
     @field_validator("*", mode="after")
     @classmethod
@@ -125,6 +129,14 @@ class _ChainFields(BaseModel):
     concise_prompt: str
     key_frames: list[str]
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_blank(cls, value, info):
+        texts = value if isinstance(value, list) else [value]
+        if any(not text.strip() for text in texts):
+            raise ValueError(f"{info.field_name} holds a blank text")
+        return value
+
 
 @dataclass
 class ThoughtChain:
@@ -211,13 +223,17 @@ class ThoughtChain:
         for image, file_name in zip(self.images, self.file_names, strict=False):
             _io.atomic_write(directory / file_name, lambda f, im=image: im.save(f, format="PNG"))
         if self.images:
-            rows = io.StringIO()
-            writer = csv.writer(rows, quoting=csv.QUOTE_ALL, lineterminator="\n")
-            writer.writerow(["file_name", "text"])
-            writer.writerows(zip(self.file_names, self.captions, strict=True))
-            _io.write_text(directory / METADATA_FILE, rows.getvalue())
+            _io.write_text(directory / METADATA_FILE, self.metadata_csv())
         _io.write_json(directory / CHAIN_FILE, self.to_json())
         return directory
+
+    def metadata_csv(self) -> str:
+        """The `metadata.csv` of this chain: `"file_name","text"` rows, one per keyframe."""
+        rows = io.StringIO()
+        writer = csv.writer(rows, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        writer.writerow(["file_name", "text"])
+        writer.writerows(zip(self.file_names, self.captions, strict=True))
+        return rows.getvalue()
 
     @classmethod
     def load(cls, directory: str | Path, *, with_images: bool | None = None) -> ThoughtChain:
@@ -233,6 +249,8 @@ class ThoughtChain:
         """
         directory = Path(directory)
         path = directory / CHAIN_FILE
+        if path.exists() and not path.is_file():
+            raise VChainError(f"{str(path)!r} is a folder, not the chain's file; move it aside")
         if not path.is_file():
             raise VChainError(f"no {CHAIN_FILE} in {str(directory)!r}: not a saved ThoughtChain")
         redo = "restore it from a copy, or redo reasoning (overwrite=True / --overwrite)"

@@ -36,10 +36,23 @@ SAMPLING_FLAGS = (
     ("--height", "height", {}), ("--width", "width", {}), ("--frames", "num_frames", {}),
     ("--steps", "num_inference_steps", {}), ("--guidance", "guidance_scale", {}),
 )  # fmt: skip
+REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url")
+IMAGE_OPTIONS = ("image_backend", "image_model", "image_base_url")
+GENERATOR_OPTIONS = ("model", "device", "dtype")
+KEYFRAME_OPTIONS = ("max_keyframes", "edit_inputs", "color_correction", "verify_keyframes", "max_redos")
+SAMPLING_ONLY = ("num_frames", "num_inference_steps", "guidance_scale", "seed")
+TUNING_OPTIONS = ("steps", "rank", "alpha", "learning_rate", "gradient_checkpointing")
 TUNING_FLAGS = (
     ("--tune-steps", "steps", {}), ("--rank", "rank", {}), ("--alpha", "alpha", {}), ("--lr", "learning_rate", {}),
     ("--gradient-checkpointing", "gradient_checkpointing", {}),
 )  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (plus where to look) instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _add_config_flags(group, configs: tuple[type, ...], flags) -> None:
@@ -71,6 +84,36 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def _flag_names() -> dict[str, str]:
+    flags = {name: flag for flag, name, _ in (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)}
+    return {**{d: "--" + d.replace("_", "-") for d in (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed")},
+            **flags}  # fmt: skip
+
+
+def _refuse_unused(args, dests, why: str) -> None:
+    """Flags given that this command or variant would not use are refused, never silently ignored."""
+    names = _flag_names()
+    values = {d: getattr(args, d, None) for d in dests}
+    given = list(dict.fromkeys(names[d] for d, v in values.items() if v is not None and v is not False))
+    if given:
+        raise ConfigurationError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+def _check_folder(output: Path, prompt: str, variant: str, *, finished: tuple[str, ...] = ()) -> None:
+    """The run folder checked before any model loads: a folder vchain can use, of this prompt and variant,
+    with the `finished` stages done and intact."""
+    from vchain.run import RunDirectory
+
+    with RunDirectory(output, prompt, variant=variant) as run:
+        for stage in finished:
+            if not run.finished(stage, None):
+                problem = run.damaged(stage) or f"{stage} is not finished"
+                raise ConfigurationError(
+                    f"{problem} in {str(output)!r}: run `vchain think {prompt!r} -o {output}` first (with "
+                    "--overwrite to redo a damaged chain)"
+                )
+
+
 def _given(args, flags) -> dict[str, Any]:
     """The settings the user gave on the command line (the others keep the config's defaults)."""
     return {name: getattr(args, name) for _, name, _ in flags if getattr(args, name, None) is not None}
@@ -92,13 +135,13 @@ def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> N
     from vchain.reasoning import ReasoningConfig
 
     group = parser.add_argument_group("reasoning (OpenAI or any OpenAI-compatible server, or open weights in process)")
-    group.add_argument("--reasoner", default="openai", help="openai (default) or transformers:ID_OR_DIR, a local VLM")
-    group.add_argument("--reasoner-model", default="gpt-4o", help="the OpenAI chat model (default: gpt-4o)")
+    group.add_argument("--reasoner", default=None, help="openai (default) or transformers:ID_OR_DIR, a local VLM")
+    group.add_argument("--reasoner-model", default=None, help="the OpenAI chat model (default: gpt-4o)")
     group.add_argument("--base-url", default=None, help="the chat model's server (default: OPENAI_BASE_URL)")
     group.add_argument(
-        "--image-backend", default="openai", help="openai (default) or diffusers:ID_OR_DIR, a local image editor"
+        "--image-backend", default=None, help="openai (default) or diffusers:ID_OR_DIR, a local image editor"
     )
-    group.add_argument("--image-model", default="gpt-image-1", help="the OpenAI image model (default: gpt-image-1)")
+    group.add_argument("--image-model", default=None, help="the OpenAI image model (default: gpt-image-1)")
     group.add_argument("--image-base-url", default=None, help="the image model's server (default: OPENAI_BASE_URL)")
     _add_config_flags(group, (ReasoningConfig,), REASONING_FLAGS)
     if frame:
@@ -141,12 +184,13 @@ class _Reasoning:
             resolve_pretrained(self.image_model, what="image model weights", marker="model_index.json",
                                argument="--image-backend")  # fmt: skip
 
-        self.reasoner = (
-            OpenAIReasoner(args.reasoner_model, base_url=args.base_url) if self.reasoner_kind == "openai" else None
-        )
-        self.image_backend = (
-            OpenAIImageBackend(args.image_model, base_url=args.image_base_url) if self.image_kind == "openai" else None
-        )
+        self.reasoner = self.image_backend = None
+        if self.reasoner_kind == "openai":
+            model = "gpt-4o" if args.reasoner_model is None else args.reasoner_model
+            self.reasoner = OpenAIReasoner(model, base_url=args.base_url)
+        if self.image_kind == "openai":
+            model = "gpt-image-1" if args.image_model is None else args.image_model
+            self.image_backend = OpenAIImageBackend(model, base_url=args.image_base_url)
 
     def build(self):
         """(reasoner, image_backend), loading the local ones."""
@@ -211,10 +255,11 @@ class _Generation:
         from vchain.pipeline import check_seed
 
         recorded = recorded or {}
-        self.model = args.model or recorded.get("model_id")
-        self.family = generator_family(self.model) if args.model or not recorded else family_of_generator(
-            recorded.get("class")
-        )  # fmt: skip
+        self.model = args.model if args.model is not None else recorded.get("model_id")
+        if args.model is not None or not recorded:
+            self.family = generator_family(self.model)
+        else:
+            self.family = family_of_generator(recorded.get("class"))
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
         self.dtype = args.dtype or recorded.get("dtype") or "bfloat16"
         self.device = _device(args.device)
@@ -241,9 +286,12 @@ class _Generation:
 
 def _recorded(output: Path) -> tuple[str, str, dict]:
     """Prompt, variant and the generator/tuner settings a run folder recorded."""
+    from vchain.chain import CHAIN_FILE, ThoughtChain
     from vchain.run import MANIFEST_FILE, read_manifest
 
     if not (output / MANIFEST_FILE).is_file():
+        if (output / CHAIN_FILE).is_file():  # the paper's artifacts alone: a chain to tune and sample
+            return ThoughtChain.load(output, with_images=False).input_prompt, "vchain", {}
         raise ConfigurationError(f"no run in {str(output)!r}: run `vchain think PROMPT -o {output}` first")
     manifest = read_manifest(output)
     stages = manifest.stages
@@ -293,8 +341,18 @@ def cmd_generate(args) -> int:
     check_prompt(args.prompt)
     check_output_dir(args.output, create=False)
     spec = get_variant(args.variant)
+    why = f"to the {spec.name} variant, which"
+    if spec.reasoning is None:
+        _refuse_unused(args, (*KEYFRAME_OPTIONS, *REASONER_OPTIONS, *IMAGE_OPTIONS), f"{why} does not reason")
+    elif spec.reasoning == "augment":
+        _refuse_unused(args, (*KEYFRAME_OPTIONS, *IMAGE_OPTIONS), f"{why} only rewrites the prompt")
+    if not spec.tuning:
+        _refuse_unused(args, TUNING_OPTIONS, f"{why} does not tune")
+    if spec.render == "interpolator":
+        _refuse_unused(args, ("num_inference_steps", "guidance_scale", "seed"), f"{why} interpolates the keyframes")
     generation = _Generation(args)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
+    _check_folder(args.output, args.prompt.strip(), args.variant)
     reasoner, image_backend = reasoning.build() if reasoning else (None, None)
     generator, tuner = generation.build()
     config = reasoning.config if reasoning else None
@@ -312,11 +370,17 @@ def cmd_tune(args) -> int:
     prompt, variant, recorded = _recorded(args.output)
     if not get_variant(variant).tuning:
         raise ConfigurationError(f"{str(args.output)!r} holds a {variant!r} run, which does not tune")
-    generator, tuner = _Generation(args, recorded).build()
+    _refuse_unused(args, SAMPLING_ONLY, "to tune, which trains at the frame size only (give them to sample)")
+    generation = _Generation(args, recorded)
+    _check_folder(args.output, prompt, variant, finished=("reasoning",))
+    generator, tuner = generation.build()
     out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, stop_after="tuning")
     record = out.manifest.stages.tuning
     where = args.output / "lora" if record.outputs else "memory only (not saved)"
-    print(f"tuning {record.status} in {record.total_seconds:.1f} s; adapter in {where}")
+    if "tuning" in out.ran:
+        print(f"tuned in {record.total_seconds:.1f} s; adapter in {where}")
+    else:
+        print(f"reused the adapter tuned earlier with these settings, in {where}")
     return EXIT_OK
 
 
@@ -325,9 +389,13 @@ def cmd_sample(args) -> int:
     from vchain.variants import get_variant
 
     prompt, variant, recorded = _recorded(args.output)
+    spec = get_variant(variant)
+    if not spec.tuning:
+        _refuse_unused(args, TUNING_OPTIONS, f"to this {variant} run, which does not tune")
     generation = _Generation(args, recorded)
+    _check_folder(args.output, prompt, variant, finished=("reasoning",) if spec.reasoning == "chain" else ())
     generator, tuner = generation.build()
-    tuner = tuner if get_variant(variant).tuning else None
+    tuner = tuner if spec.tuning else None
     out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, seed=generation.seed)
     print(f"{len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
@@ -344,6 +412,7 @@ def cmd_demo(args) -> int:
         "weights; it shows the machinery and the run folder, not the method's quality."
     )
     seed = 0 if args.seed is None else args.seed
+    _check_folder(args.output, DEMO_PROMPT, "vchain")
     if args.open_weights:
         from vchain.testing.demo import open_weights_demo_pipeline
 
@@ -352,7 +421,8 @@ def cmd_demo(args) -> int:
         pipe = demo_pipeline(seed)
     out = pipe(DEMO_PROMPT, output_dir=args.output, seed=seed, overwrite=args.overwrite)
     for name, record in out.manifest.stages:
-        print(f"  {name:<10} {record.status:<8} {record.total_seconds:.2f} s  {record.seconds}")
+        when = "this time" if name in out.ran else "reused"
+        print(f"  {name:<10} {record.status:<8} {when:<9} {record.total_seconds:.2f} s  {record.seconds}")
     print(f"{len(out.chain.images)} keyframes, {len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
@@ -366,9 +436,8 @@ def cmd_suite(args) -> int:
     if args.demo:
         flags = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)
         given = [flag for flag, name, _ in flags if getattr(args, name) is not None]
-        given += [f"--{n.replace('_', '-')}" for n in ("model", "device", "dtype", "base_url", "image_base_url")
-                  if getattr(args, n)]  # fmt: skip
-        given += [f"--{n.replace('_', '-')}" for n in ("reasoner", "image_backend") if getattr(args, n) != "openai"]
+        given += [f"--{n.replace('_', '-')}" for n in (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS)
+                  if getattr(args, n) is not None]  # fmt: skip
         if given:
             raise ConfigurationError(f"--demo runs fixed tiny models; {', '.join(given)} do(es) not apply to it")
         from vchain.testing import demo_pipeline
@@ -444,13 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the folder over (needed to redo paid reasoning with changed settings)",
     )  # fmt: skip
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vchain",
         description="Chain-of-visual-thought video generation: reason keyframes with a multimodal model, "
         "LoRA-tune a video generator on them, sample the video.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and tracebacks)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     think = commands.add_parser(
         "think", parents=[output, overwrite], help="stage 1: reason a prompt into keyframes",

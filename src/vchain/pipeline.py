@@ -41,6 +41,7 @@ class VChainOutput:
         prompt: the text the generator sampled from (composite, augmented or the user's).
         adapter: the tuned adapter, when the variant tunes.
         manifest: the run folder's manifest (also on disk as `manifest.json`), None without a folder.
+        ran: the stages this call did; the others were reused from the run folder (or skipped).
     """
 
     chain: ThoughtChain | None = None
@@ -49,6 +50,7 @@ class VChainOutput:
     prompt: str | None = None
     adapter: Adapter | None = field(default=None, repr=False)
     manifest: Manifest | None = field(default=None, repr=False)
+    ran: tuple[str, ...] = ()
 
     @property
     def statuses(self) -> dict[str, str]:
@@ -154,6 +156,11 @@ class VChainPipeline:
         """Stage 2: learn an adapter from the chain's (keyframe, caption) pairs. Nothing is written."""
         if not isinstance(chain, ThoughtChain):
             raise ConfigurationError(f"chain must be a ThoughtChain, got {type(chain).__name__}: {chain!r:.60}")
+        if not chain.images or len(chain.images) != len(chain.captions):
+            raise ConfigurationError(
+                f"chain {chain.name!r} has {len(chain.images)} images for {len(chain.captions)} captions: finish "
+                "reasoning (pipe.think) before tuning"
+            )
         self._require(("generator", "tuner"), "tune")
         return self._tune(chain)
 
@@ -248,6 +255,7 @@ class VChainPipeline:
                 out.frames = rendered.frames
                 out.video_path = run.video_path
             run.wait_for_adapter()
+            out.ran = tuple(run.ran)
         return out
 
     # -- checks

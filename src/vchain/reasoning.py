@@ -362,6 +362,13 @@ def _checked(expected: type, answer: object, where: str):
         return answer.strip()
     if not isinstance(answer, expected):
         raise _WrongAnswer(f"{where} must return a {expected.__name__}, got {type(answer).__name__}: {answer!r:.120}")
+    if isinstance(answer, BaseModel):  # an instance built without validation is checked now
+        try:
+            return expected.model_validate(answer)
+        except ValidationError as e:
+            raise MalformedResponseError(
+                f"{where} returned an invalid {expected.__name__}: {describe_errors(e)}"
+            ) from e
     return answer
 
 
@@ -369,6 +376,8 @@ def _as_image(value: object, where: str) -> Image.Image:
     """A backend's image answer as a PIL image: PIL as is, a uint8 or [0, 1] float array or encoded
     bytes converted; anything else a `MalformedResponseError` naming `where` and what it returned."""
     if isinstance(value, Image.Image):
+        if not value.width or not value.height:
+            raise MalformedResponseError(f"{where} returned an empty {value.width}x{value.height} image")
         return value
     if isinstance(value, (bytes, bytearray)):
         try:

@@ -175,8 +175,14 @@ def check_output_dir(output_dir: object, *, create: bool = True) -> Path:
     """
     if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
         raise ConfigurationError(f"output_dir must be a folder path, got {output_dir!r}")
+    if "\0" in str(output_dir):
+        raise ConfigurationError(f"output_dir holds a null byte, which no file system allows: {output_dir!r}")
     path = Path(output_dir).expanduser()
-    if path.exists() and not path.is_dir():
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError as e:  # a name too long for the file system, say
+        raise ConfigurationError(f"output_dir {str(path)!r} cannot be used: {e.strerror or e}") from None
+    if is_file:
         raise ConfigurationError(f"output_dir {str(path)!r} is a file, not a folder; choose another path")
     if not create:
         existing = next(p for p in (path, *path.absolute().parents) if p.exists())
@@ -203,12 +209,16 @@ class _FolderLock:
             logger.warning("No folder lock on this platform: do not run two processes on %s", folder)
             return
         path = folder / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted link must not make vchain write its pid line elsewhere
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
                 raise PermissionError(e.errno, e.strerror) from None
-            raise
+            what = "a symlink" if e.errno == errno.ELOOP else "a folder" if e.errno == errno.EISDIR else e.strerror
+            raise ConfigurationError(
+                f"output_dir {str(folder)!r} holds {LOCK_FILE} that is {what}; vchain locks the folder with a "
+                f"plain file of that name: remove it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -276,6 +286,7 @@ class RunDirectory:
         self._mutex = threading.RLock()
         self._saver: threading.Thread | None = None
         self._saved_lora: list[str] | None = None
+        self.ran: list[str] = []  # the stages done in this opening (the others were reused or skipped)
         self.read_only: str | None = None
         self._lock: _FolderLock | None = None
         if self.path.resolve() not in _HELD:
@@ -287,6 +298,7 @@ class RunDirectory:
             self.read_only = "permission denied"
         try:
             self._refuse_symlinks()
+            self._refuse_odd_artifacts()
             self._refuse_foreign()
             if not self.read_only:
                 self._remove_leftovers()
@@ -295,6 +307,7 @@ class RunDirectory:
                 self._start_over()
             elif not self.read_only:
                 self._remove_unreferenced()
+                self._rewrite_metadata()
         except BaseException:
             self.close()
             raise
@@ -335,6 +348,15 @@ class RunDirectory:
             if item.name == LORA_DIR and item.is_dir() and not item.is_symlink():
                 yield from item.rglob("*")
 
+    def _refuse_odd_artifacts(self) -> None:
+        for name in (MANIFEST_FILE, CHAIN_FILE, METADATA_FILE, VIDEO_FILE):
+            path = self.path / name
+            if path.exists() and not path.is_file():
+                raise ConfigurationError(
+                    f"output_dir {str(self.path)!r} holds {name} that is not a file; vchain writes a file of "
+                    "that name: move it aside"
+                )
+
     def _refuse_foreign(self) -> None:
         names = {p.name for p in self.path.iterdir() if not p.name.startswith(".")}  # hidden: the lock, leftovers
         if names and not names & {MANIFEST_FILE, CHAIN_FILE}:
@@ -370,6 +392,19 @@ class RunDirectory:
                 if path.name not in referenced and path.stem.rsplit("_", 1)[-1].isdigit():
                     path.unlink()
 
+    def _rewrite_metadata(self) -> None:
+        """`metadata.csv` of a finished chain made to say what `chain.json` says again, if it was edited."""
+        if (
+            self.record("reasoning").status != "done"
+            or self.damaged("reasoning")
+            or CHAIN_FILE not in self.record("reasoning").outputs
+        ):
+            return
+        chain = ThoughtChain.load(self.path, with_images=False)
+        expected, path = chain.metadata_csv(), self.path / METADATA_FILE
+        if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != expected:
+            _io.write_text(path, expected)
+
     def _start_over(self) -> None:
         logger.info("Starting %s over (overwrite)", self.path)
         for stage in STAGES:
@@ -393,13 +428,16 @@ class RunDirectory:
     def record(self, stage: str) -> StageRecord:
         return getattr(self.manifest.stages, stage)
 
-    def save(self) -> None:
-        """Write `manifest.json` atomically (thread-safe)."""
+    def _check_writable(self) -> None:
         if self.read_only:
             raise ConfigurationError(
                 f"output_dir {str(self.path)!r} is not writable ({self.read_only}); a finished run is read "
                 "as is, but this one has work left: make the folder writable or choose another"
             )
+
+    def save(self) -> None:
+        """Write `manifest.json` atomically (thread-safe)."""
+        self._check_writable()
         with self._mutex:
             if self._saver is not None and not self._saver.is_alive():
                 self._saver.join()
@@ -480,6 +518,7 @@ class RunDirectory:
                         stage)  # fmt: skip
         elif record.status in ("running", "failed"):
             logger.info("%s: resuming %s", self.path, stage)
+        self._check_writable()
         if record.fingerprint != new:
             self._clear(stage)
             record = self.record(stage)
@@ -487,6 +526,7 @@ class RunDirectory:
 
     def _run(self, stage: str, record: StageRecord, new: str, inputs: dict, compute: Callable[[StageRecord], T]) -> T:
         record.status, record.error, record.fingerprint, record.inputs = "running", None, new, inputs
+        self.ran.append(stage)
         self.manifest.versions = package_versions()
         self.save()
         start = time.perf_counter()
@@ -659,6 +699,9 @@ class NullRun:
     manifest = None
     read_only = None
 
+    def __init__(self):
+        self.ran: list[str] = []
+
     def record(self, stage: str) -> StageRecord:
         return {"reasoning": ReasoningRecord, "tuning": TuningRecord, "sampling": SamplingRecord}[stage]()
 
@@ -668,6 +711,7 @@ class NullRun:
     def step(self, stage: str, inputs: dict | None, *, compute, load, paid=False, missing="") -> Any:
         if inputs is None:
             raise ConfigurationError(f"VChainPipeline has no {missing}, needed for {stage}")
+        self.ran.append(stage)
         return compute(self.record(stage))
 
     def skip(self, stage: str, reason: str) -> None:
@@ -705,11 +749,9 @@ class NullRun:
 
 
 def chain_files(chain: ThoughtChain) -> list[str]:
-    """The artifacts of a chain in its folder: `chain.json`, `metadata.csv` (once there are images), PNGs."""
-    names = [CHAIN_FILE]
-    if chain.images:
-        names += [METADATA_FILE, *chain.file_names]
-    return names
+    """The artifacts a chain is made of: `chain.json` and its PNGs. (`metadata.csv` is derived from
+    `chain.json` for other tools; vchain never reads it, and rewrites it when it differs.)"""
+    return [CHAIN_FILE, *chain.file_names] if chain.images else [CHAIN_FILE]
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> str:

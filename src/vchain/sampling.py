@@ -80,23 +80,30 @@ def render(
                              stage="sampling") from e  # fmt: skip
         if not seconds:
             seconds["sample"] = round(time.perf_counter() - start, 3)
+    return Rendered(_checked_frames(frames, f"{type(generator).__name__}.sample()"), dict(seconds))
+
+
+def _checked_frames(frames: object, where: str, count: int | None = None) -> list[Image.Image]:
+    """A backend's frames, refused (naming `where`) unless a non-empty list of same-size PIL images."""
     if not isinstance(frames, list) or not frames or not all(isinstance(f, Image.Image) for f in frames):
-        raise StageError(
-            f"{type(generator).__name__}.sample() must return a non-empty list of PIL images, "
-            f"got {type(frames).__name__}",
-            stage="sampling",
-        )
-    return Rendered(frames, dict(seconds))
+        raise StageError(f"{where} must return a non-empty list of PIL images, got {type(frames).__name__}: "
+                         f"{frames!r:.80}", stage="sampling")  # fmt: skip
+    if len({frame.size for frame in frames}) != 1 or 0 in frames[0].size:
+        raise StageError(f"{where} returned frames of sizes {sorted({f.size for f in frames})}; they must share one "
+                         "non-empty size", stage="sampling")  # fmt: skip
+    if count is not None and len(frames) != count:
+        raise StageError(f"{where} returned {len(frames)} frames, {count} were asked for", stage="sampling")
+    return frames
 
 
 def interpolate(interpolator: Interpolator, chain: ThoughtChain, num_frames: int) -> Rendered:
     """The `no-sparse-tuning` ablation: the keyframes straight into `num_frames` frames."""
     start = time.perf_counter()
+    where = f"{type(interpolator).__name__}.interpolate()"
     try:
         frames = interpolator.interpolate(chain.images, num_frames)
     except VChainError:
         raise
     except Exception as e:
-        raise StageError(f"{type(interpolator).__name__}.interpolate() raised {type(e).__name__}: {e}",
-                         stage="sampling") from e  # fmt: skip
-    return Rendered(list(frames), {"interpolate": round(time.perf_counter() - start, 3)})
+        raise StageError(f"{where} raised {type(e).__name__}: {e}", stage="sampling") from e
+    return Rendered(_checked_frames(frames, where, num_frames), {"interpolate": round(time.perf_counter() - start, 3)})

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -57,8 +59,8 @@ def make_client(
 
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
-        raise ConfigurationError(f"{argument} must be an http:// or https:// URL, got {base_url!r}")
+    if base_url is not None and not _is_http_url(base_url):
+        raise ConfigurationError(f"{argument} must be an http:// or https:// URL with a host, got {base_url!r}")
     if not api_key:
         if base_url is None:
             raise ConfigurationError(
@@ -66,11 +68,23 @@ def make_client(
                 "or pass base_url=... for an OpenAI-compatible server that needs none"
             )
         api_key = "not-needed"
-    for name, value, low in (("timeout", timeout, 0), ("max_retries", max_retries, 0)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
-            raise ConfigurationError(f"{name} must be a non-negative number, got {value!r}")
+    if not _is_number(timeout) or not timeout > 0:
+        raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 20:
+        raise ConfigurationError(f"max_retries must be an integer from 0 to 20, got {max_retries!r}")
     register_secret(api_key)
     return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def image_to_data_url(image: Image.Image) -> str:
@@ -159,7 +173,7 @@ class _OpenAIChat(_OpenAIBackend):
             raise ConfigurationError(f"model must be a non-empty string, got {model!r}")
         if image_detail not in ("auto", "low", "high"):
             raise ConfigurationError(f"image_detail must be 'auto', 'low' or 'high', got {image_detail!r}")
-        if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 2):
+        if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
             raise ConfigurationError(f"temperature must be None or in [0, 2], got {temperature!r}")
         self.model = model
         self.temperature = temperature
@@ -206,6 +220,14 @@ class _OpenAIChat(_OpenAIBackend):
         except openai.ContentFilterFinishReasonError as e:
             report_request(model=self.model, outcome="refused", images_in=images_in, error="content filter")
             raise RefusalError(f"{self.model}'s content filter stopped the answer") from e
+        except (AttributeError, TypeError) as e:
+            # `parse` reads the body as a chat completion; a 200 that is not one (a proxy's HTML page, other
+            # JSON) fails inside it. That is a malformed answer, worth asking again.
+            report_request(model=self.model, outcome="malformed", images_in=images_in, error="not a chat completion")
+            raise MalformedResponseError(
+                f"{self.base_url} answered {self.model} with something that is not a chat completion "
+                f"({type(e).__name__}: {e})"
+            ) from e
         except (ValidationError, openai.LengthFinishReasonError, ValueError) as e:
             usage = getattr(getattr(e, "completion", None), "usage", None)
             report_request(model=self.model, outcome="malformed", images_in=images_in, error=type(e).__name__,

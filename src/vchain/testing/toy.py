@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vchain.errors import NumericalError
 from vchain.interfaces import TunableGenerator
 from vchain.tuning import TrainingObjective
 
@@ -84,5 +85,7 @@ class ToyGenerator(TunableGenerator):
 
     def sample(self, prompt: str, *, seed: int | None = None, **overrides) -> list[Image.Image]:
         latent = self.sample_latent(prompt, 0 if seed is None else seed)
+        if not torch.isfinite(latent).all():
+            raise NumericalError(f"the sampled video of {type(self).__name__} is not finite (NaN or inf)")
         pixels = ((latent.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).view(4, 4, 3).numpy()
         return [Image.fromarray(pixels)]
