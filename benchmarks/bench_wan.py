@@ -1,110 +1,71 @@
 """Time sparse tuning and sampling, vchain against stock diffusers, on random weights of real Wan shapes.
 
-    python benchmarks/bench_wan.py --preset cpu-tiny            # seconds on a CPU; CI runs it
-    python benchmarks/bench_wan.py --preset wan2.1-1.3b         # one H100/H200: 81x480x832, 50 steps, CFG
-    python benchmarks/bench_wan.py --preset wan2.1-14b --skip-sampling   # 14B tuning memory and time
+    python benchmarks/bench_wan.py --preset cpu-tiny                       # seconds on a CPU; CI runs it
+    python benchmarks/bench_wan.py --preset cpu-small --rounds 7           # the CPU study in docs/benchmarks.md
+    python benchmarks/bench_wan.py --preset wan2.1-1.3b --sampling-steps 3 --compile --cache first-block
+    python benchmarks/bench_wan.py --preset wan2.1-14b --skip-sampling --tune-steps 20   # 14B tuning memory
 
-The models are randomly initialised from the real configurations (same shapes, same FLOPs as the
-released weights), so no download is needed; timings transfer, output quality does not. Every figure
-comes from one process: tuning (pre-process, per 100 steps, total, peak memory), sampling through vchain
-and through stock `WanPipeline.__call__` on the same components, and each stage's analytic FLOPs with
-its distance from the device's peak. Results print as JSON and a markdown table (`--out` writes both).
+Tuning: vchain's `WanLoRATuner` with the default schedule (or `--tune-steps`); per 100 steps is timed
+between the loss reads (each waits for the device), from the first read on, so set-up, encoding and
+the first steps' warm-up are out of it; its spread is over those intervals. Peak memory of tuning.
+
+Sampling, like for like, in one process on one set of weights: vchain sampling inside its applied
+(merged) adapter, against stock `WanPipeline.__call__` with the same LoRA file loaded by
+`load_lora_weights`, unfused (peft layers) and fused (its peft layers stay, folded), and against the
+stock base model with no LoRA (the same modules as vchain's merged model, so the same cost: the
+calibration of the method). With acceleration switches given, also vchain with them and stock diffusers
+with the same switches applied through diffusers' API (LoRA fused). Every variant is called
+once to warm up, then `--rounds` interleaved rounds (the order alternates); medians with min and max.
+Each call is timed whole and per denoising step (a forward hook's clock), so a run with fewer steps than
+the preset's extrapolates honestly (printed as such). vchain's adapter merge and restore, which a
+stock user pays once per load, is timed on its own. Peak memory of each variant's calls.
+
+Every figure is printed with the command, device, versions and date; `--out DIR` writes results.json
+(repeats, medians, spread) and results.md (the rows of docs/benchmarks.md's table).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from harness import (  # the shared module beside this script
+    PRESETS,
+    PeakMemory,
+    build_pipeline,
+    environment,
+    peak_tflops,
+    spread,
+    sync,
+    transformer_flops,
+    tuning_step_flops,
+    video_tokens,
+)
 
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for the distance to the floor.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-
-
-@dataclass
-class Preset:
-    transformer: dict
-    height: int
-    width: int
-    num_frames: int
-    steps: int
-    tune_steps: int
-    keyframes: int = 5
-    text_tokens: int = 512
-    gradient_checkpointing: bool = False
-    tiny: bool = False
+PROMPT = "keyframe 0 of the chain"
 
 
-WAN21_1_3B = dict(attention_head_dim=128, num_attention_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096,
-                  freq_dim=256, in_channels=16, out_channels=16, patch_size=(1, 2, 2),
-                  qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6)  # fmt: skip
-WAN21_14B = {**WAN21_1_3B, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824}
-PRESETS = {
-    "cpu-tiny": Preset({}, 32, 32, 5, 2, 10, keyframes=3, text_tokens=32, tiny=True),
-    "wan2.1-1.3b": Preset(WAN21_1_3B, 480, 832, 81, 50, 300),
-    "wan2.1-14b": Preset(WAN21_14B, 480, 832, 81, 50, 300, gradient_checkpointing=True),
-}
-
-
-def transformer_flops(config: dict, video_tokens: int, text_tokens: int) -> float:
-    """Forward FLOPs of a Wan transformer (matmuls only; norms, RoPE and modulation are negligible)."""
-    d = config["attention_head_dim"] * config["num_attention_heads"]
-    n, t = video_tokens, text_tokens
-    self_attention = 4 * 2 * n * d * d + 2 * 2 * n * n * d
-    cross_attention = 2 * 2 * n * d * d + 2 * 2 * t * d * d + 2 * 2 * n * t * d
-    ffn = 2 * 2 * n * d * config["ffn_dim"]
-    return config["num_layers"] * (self_attention + cross_attention + ffn)
-
-
-def video_tokens(height: int, width: int, frames: int) -> int:
-    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-
-
-def build(preset: Preset, device: str, dtype: torch.dtype):
-    """A WanPipeline with random weights of the preset's shapes (the text encoder too)."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from vchain.testing import tiny_tokenizer, tiny_wan_pipeline
-
-    if preset.tiny:
-        return tiny_wan_pipeline().to(device)
-    torch.manual_seed(0)
-    with torch.device(device):
-        transformer = WanTransformer3DModel(**preset.transformer).to(dtype)
-        vae = AutoencoderKLWan().to(torch.float32)  # the defaults are Wan2.1's VAE
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(vocab_size=256384, d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64,
-                       feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)
-        ).to(dtype)  # fmt: skip
-    # Token ids do not change the cost: a small tokenizer padding to the same 512 tokens is equivalent.
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = WanPipeline(
-        tokenizer=tiny_tokenizer(),
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tune-steps", type=int, default=None, help="override the preset's (default schedule)")
+    parser.add_argument("--tune-steps", type=int, default=None, help="override the preset's default schedule")
+    parser.add_argument("--sampling-steps", type=int, default=None, help="denoising steps per call (default: preset)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed, interleaved rounds of sampling")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="tune with it (on in the 14B preset)")
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="acceleration: regional torch.compile")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--attention-backend", default=None, help="acceleration: diffusers' attention backend")
+    parser.add_argument("--cache", choices=["first-block"], default=None, help="acceleration: step cache")
+    parser.add_argument("--cache-threshold", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
     args = parser.parse_args(argv)
 
@@ -113,108 +74,292 @@ def main(argv=None) -> dict:
 
     preset = PRESETS[args.preset]
     device = args.device
-    dtype = torch.float32 if preset.tiny else torch.bfloat16
-    pipe = build(preset, device, dtype)
-    config = dict(pipe.transformer.config)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment(device, __file__, argv)
+    print(_header(env, preset.note), flush=True)
+    pipe = build_pipeline(preset, device)
+    steps = args.sampling_steps or preset.steps
     sampling = dict(height=preset.height, width=preset.width, num_frames=preset.num_frames,
-                    num_inference_steps=preset.steps, max_sequence_length=preset.text_tokens)  # fmt: skip
+                    num_inference_steps=steps, max_sequence_length=preset.text_tokens)  # fmt: skip
     generator = WanVideoGenerator(pipe, **sampling)
+    config = dict(pipe.transformer.config)
+    results: dict = {"environment": env, "preset": args.preset, "sizes": sampling, "keyframes": preset.keyframes}
+
     pairs = [(draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
              for i in range(preset.keyframes)]  # fmt: skip
-    steps = args.tune_steps or preset.tune_steps
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    results: dict = {"preset": args.preset, "device": name, "date": time.strftime("%Y-%m-%d"),
-                     "torch": torch.__version__, "steps": steps, "keyframes": preset.keyframes}  # fmt: skip
+    tune_steps = args.tune_steps or preset.tune_steps
+    checkpointing = args.gradient_checkpointing or preset.gradient_checkpointing
+    tuner = WanLoRATuner(steps=tune_steps, gradient_checkpointing=checkpointing)
+    results["tuning"], adapter = _tuning(generator, tuner, pairs, config, preset, device)
 
-    # -- tuning
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    tuner = WanLoRATuner(steps=steps, gradient_checkpointing=preset.gradient_checkpointing, log_every=max(1, steps))
-    sync(device)
-    start = time.perf_counter()
-    adapter = tuner.tune(generator, pairs)
-    sync(device)
-    tune_total = time.perf_counter() - start
-    keyframe_tokens = video_tokens(preset.height, preset.width, 1)
-    step_flops = 3 * transformer_flops(config, keyframe_tokens, preset.text_tokens)  # forward + backward
-    fine_tune = adapter.report.seconds["fine_tune"]
-    results["tuning"] = {
-        "preprocess_s": adapter.report.seconds["preprocess"],
-        "fine_tune_s": fine_tune,
-        "total_s": round(tune_total, 3),
-        "per_100_steps_s": round(100 * fine_tune / steps, 3),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None,
-        "trainable_parameters": adapter.report.trainable_parameters,
-        "flops": steps * step_flops,
-    }
-
-    # -- sampling, vchain (adapter applied) and stock diffusers (same components, no adapter)
     if not args.skip_sampling:
-        sample_flops = (
-            2
-            * preset.steps
-            * transformer_flops(
-                config, video_tokens(preset.height, preset.width, preset.num_frames), preset.text_tokens
-            )
-        )
-        for label, run in (
-            ("vchain", lambda: _vchain_sample(generator, adapter)),
-            (
-                "diffusers",
-                lambda: pipe(
-                    "keyframe 0 of the chain",
-                    generator=torch.Generator().manual_seed(0),
-                    output_type="np",
-                    **sampling,
-                ),
-            ),
-        ):
-            sync(device)
-            start = time.perf_counter()
-            run()
-            sync(device)
-            results[f"sampling_{label}"] = {
-                "total_s": round(time.perf_counter() - start, 3),
-                "flops": sample_flops,
-            }
-        vchain_s, diffusers_s = (
-            results["sampling_vchain"]["total_s"],
-            results["sampling_diffusers"]["total_s"],
-        )
-        results["ratios"] = {
-            "vchain_over_diffusers": round(vchain_s / diffusers_s, 3),
-            "tuning_over_sampling": round(tune_total / vchain_s, 3),
-        }
-    if peak:
-        for key in ("tuning", "sampling_vchain", "sampling_diffusers"):
-            if key in results:
-                seconds = results[key].get("fine_tune_s") or results[key]["total_s"]
-                floor = results[key]["flops"] / (peak * 1e12)
-                results[key]["floor_s"] = round(floor, 3)
-                results[key]["x_floor"] = round(seconds / floor, 2)
+        switches = dict(compile=args.compile, compile_backend=args.compile_backend,
+                        attention_backend=args.attention_backend, cache=args.cache,
+                        cache_threshold=args.cache_threshold)  # fmt: skip
+        fast = WanVideoGenerator(pipe, **switches, **sampling) if _any(switches) else None
+        results["sampling"] = _sampling(generator, fast, adapter, args.rounds, device, preset, steps)
+        results["acceleration"] = switches if fast else None
+    _floors(results, config, preset, steps, env["device"])
 
-    print(json.dumps(results, indent=2))
+    table = _table(results)
+    print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
-        (args.out / "results.md").write_text(_table(results))
+        (args.out / "results.md").write_text(table)
     return results
 
 
-def _vchain_sample(generator, adapter):
-    with adapter.apply(generator):
-        return generator.sample("keyframe 0 of the chain", seed=0)
+def _any(switches: dict) -> bool:
+    return bool(switches["compile"] or switches["attention_backend"] or switches["cache"])
+
+
+# ----------------------------------------------------------------------------------------------- tuning
+
+
+def _tuning(generator, tuner, pairs, config, preset, device):
+    sync(device)
+    start = time.perf_counter()
+    with PeakMemory(device) as peak:
+        adapter = tuner.tune(generator, pairs)
+    total = time.perf_counter() - start
+    report = adapter.report
+    # Steps between consecutive loss reads; the first interval (warm-up) is left out.
+    marks = report.timeline
+    per_100 = [100 * (t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(marks)]
+    tokens = video_tokens(preset.height, preset.width, 1)
+    step_flops = tuning_step_flops(config, tokens, preset.text_tokens, tuner.config.gradient_checkpointing)
+    return {
+        "steps": tuner.config.steps,
+        "log_every": tuner.config.log_every,
+        "gradient_checkpointing": tuner.config.gradient_checkpointing,
+        "preprocess_s": report.seconds["preprocess"],
+        "fine_tune_s": report.seconds["fine_tune"],
+        "total_s": round(total, 3),
+        "per_100_steps_s": spread(per_100) if per_100 else None,
+        "steps_s": round(marks[-1][1], 3),
+        "peak_memory_gib": peak.gib,
+        "peak_memory_kind": peak.kind,
+        "trainable_parameters": report.trainable_parameters,
+        "flops_per_step": step_flops * tuner.config.batch_size,
+        "flops_over_forward": round(step_flops / transformer_flops(config, tokens, preset.text_tokens), 3),
+    }, adapter
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+class _StepClock:
+    """The time at each transformer forward (a forward pre-hook; on CUDA it synchronises first)."""
+
+    def __init__(self, transformers, device):
+        self.device, self.marks = device, []
+        self.hooks = [t.register_forward_pre_hook(self._mark) for t in transformers]
+
+    def _mark(self, *_):
+        sync(self.device)
+        self.marks.append(time.perf_counter())
+
+    def step_seconds(self, steps: int) -> list[float]:
+        """Seconds from each denoising step's start to the next's (a step is one or two forwards, CFG)."""
+        starts = self.marks[:: len(self.marks) // steps]
+        return [b - a for a, b in itertools.pairwise(starts)]
+
+    def remove(self):
+        for hook in self.hooks:
+            hook.remove()
+
+
+class _Variant:
+    """One way of sampling: `enter` and `exit` change the pipeline's state (untimed), `run` is one call."""
+
+    def __init__(self, run, enter=None, exit=None):
+        self.run, self.enter, self.exit = run, enter or (lambda: None), exit or (lambda: None)
+
+
+def _sampling(generator, fast, adapter, rounds, device, preset, steps):
+    pipe, config = generator.pipeline, generator.config
+
+    def stock():
+        pipe(PROMPT, height=config.height, width=config.width, num_frames=config.num_frames,
+             num_inference_steps=steps, guidance_scale=config.guidance_scale,
+             max_sequence_length=config.max_sequence_length, generator=torch.Generator().manual_seed(0),
+             output_type="np")  # fmt: skip
+
+    folder = Path(tempfile.mkdtemp(prefix="vchain-bench-lora-"))
+    adapter.save(folder)
+    applied = contextlib.ExitStack()
+    variants = {
+        # The stock base model with no LoRA: vchain's merged model has exactly its modules and cost.
+        "diffusers_no_lora": _Variant(stock),
+        "vchain": _Variant(lambda: generator.sample(PROMPT, seed=0, output_type="np"),
+                           lambda: applied.enter_context(adapter.apply(generator)), applied.close),
+        "diffusers": _Variant(stock, lambda: pipe.load_lora_weights(str(folder)), pipe.unload_lora_weights),
+        "diffusers_fused": _Variant(stock, lambda: (pipe.load_lora_weights(str(folder)), pipe.fuse_lora()),
+                                    lambda: (pipe.unfuse_lora(), pipe.unload_lora_weights())),
+    }  # fmt: skip
+    if fast is not None:
+        variants["vchain_accelerated"] = _Variant(
+            lambda: fast.sample(PROMPT, seed=0, output_type="np"),
+            lambda: applied.enter_context(adapter.apply(fast)), applied.close,
+        )  # fmt: skip
+        stock_switches = contextlib.ExitStack()
+
+        def enter_stock_accelerated():
+            pipe.load_lora_weights(str(folder))
+            pipe.fuse_lora()
+            stock_switches.enter_context(_stock_accelerated(pipe, fast.acceleration))
+
+        variants["diffusers_fused_accelerated"] = _Variant(
+            stock, enter_stock_accelerated, lambda: (stock_switches.close(), pipe.unfuse_lora(),
+                                                     pipe.unload_lora_weights()),
+        )  # fmt: skip
+
+    clock = _StepClock(generator.denoisers(), device)
+    calls = {name: [] for name in variants}
+    step_times = {name: [] for name in variants}
+    memory = {name: 0 for name in variants}
+    try:
+        for r in range(rounds + 1):  # round 0 warms every variant up (compilation, allocator, kernels)
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for name in order:
+                variant = variants[name]
+                variant.enter()
+                try:
+                    clock.marks.clear()
+                    with PeakMemory(device) as peak:
+                        sync(device)
+                        start = time.perf_counter()
+                        variant.run()
+                        sync(device)
+                        seconds = time.perf_counter() - start
+                finally:
+                    variant.exit()
+                if r == 0:
+                    continue
+                calls[name].append(seconds)
+                step_times[name] += clock.step_seconds(steps)
+                memory[name] = max(memory[name], peak.bytes or 0)
+        merge = []
+        for _ in range(rounds):
+            sync(device)
+            start = time.perf_counter()
+            with adapter.apply(generator):
+                sync(device)
+            merge.append(time.perf_counter() - start)
+    finally:
+        clock.remove()
+
+    out: dict = {"steps_per_call": steps, "preset_steps": preset.steps, "rounds": rounds, "variants": {}}
+    for name in variants:
+        step = spread(step_times[name])
+        per_call = spread(calls[name])
+        overhead = per_call["median"] - steps * step["median"]
+        out["variants"][name] = {
+            "per_call_s": per_call,
+            "per_step_s": step,
+            "outside_steps_s": round(overhead, 4),
+            f"per_call_at_{preset.steps}_steps_extrapolated_s": round(overhead + preset.steps * step["median"], 3)
+            if steps != preset.steps
+            else None,
+            "peak_memory_gib": round(memory[name] / 2**30, 3),
+        }
+    out["adapter_merge_and_restore_s"] = spread(merge)
+    out["ratios"] = {}
+    pairs = [("vchain", "diffusers_no_lora"), ("vchain", "diffusers_fused"), ("vchain", "diffusers")]
+    if fast is not None:
+        pairs += [("vchain_accelerated", "diffusers_fused"), ("vchain_accelerated", "diffusers_fused_accelerated")]
+    for a, b in pairs:
+        # Per round: both calls of a round ran back to back, so their ratio cancels slow drifts.
+        step_a, step_b = (out["variants"][name]["per_step_s"]["median"] for name in (a, b))
+        out["ratios"][f"{a}/{b}"] = {
+            "per_call": spread([x / y for x, y in zip(calls[a], calls[b], strict=True)], 3),
+            "per_step": round(step_a / step_b, 3),
+        }
+    return out
+
+
+@contextlib.contextmanager
+def _stock_accelerated(pipe, switches):
+    """The same switches as vchain's, through diffusers' own API on a stock pipeline."""
+    from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.models.attention_dispatch import attention_backend
+
+    from vchain.tuning import compiled_blocks
+
+    with contextlib.ExitStack() as stack:
+        if switches.compile:
+            stack.enter_context(compiled_blocks(pipe.transformer, backend=switches.compile_backend))
+        if switches.attention_backend:
+            stack.enter_context(attention_backend(switches.attention_backend))
+        if switches.cache:
+            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=switches.cache_threshold))
+            stack.callback(pipe.transformer.disable_cache)
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _floors(results: dict, config: dict, preset, steps: int, device_name: str) -> None:
+    """The analytic FLOPs of each stage and, on a known GPU, the time at its dense bf16 peak."""
+    tokens = video_tokens(preset.height, preset.width, preset.num_frames)
+    forward = transformer_flops(config, tokens, preset.text_tokens)
+    tuning = results["tuning"]
+    floors = {
+        "forward_flops": forward,
+        "sampling_step_flops": 2 * forward,  # classifier-free guidance: two forwards per step
+        "tuning_step_flops": tuning["flops_per_step"],
+        "tuning_step_over_forward_of_a_keyframe": tuning["flops_over_forward"],
+    }
+    peak = peak_tflops(device_name)
+    if peak:
+        floors["peak_tflops"] = peak
+        floors["sampling_step_floor_s"] = round(2 * forward / (peak * 1e12), 4)
+        floors["tuning_per_100_steps_floor_s"] = round(100 * tuning["flops_per_step"] / (peak * 1e12), 3)
+    results["floors"] = floors
+
+
+def _header(env: dict, note: str) -> str:
+    return (f"# {env['command']}\n# device {env['device']}, torch {env['torch']}, diffusers {env['diffusers']}, "
+            f"peft {env['peft']}, {env['cpu_threads']} CPU threads, {env['date']}\n# {note}")  # fmt: skip
 
 
 def _table(results: dict) -> str:
-    rows = ["| figure | value |", "|---|---|"]
-    for section, values in results.items():
-        if isinstance(values, dict):
-            rows += [f"| {section}.{k} | {v} |" for k, v in values.items()]
-        else:
-            rows.append(f"| {section} | {values} |")
-    return "\n".join(rows) + "\n"
+    """The rows of docs/benchmarks.md's table, each with its command, device, versions and date."""
+    env = results["environment"]
+    lines = [_header(env, PRESETS[results["preset"]].note), "", "| figure | median | min | max | n |",
+             "|---|---|---|---|---|"]  # fmt: skip
+
+    def row(label, value):
+        if isinstance(value, dict):
+            lines.append(f"| {label} | {value['median']} | {value['min']} | {value['max']} | {value['n']} |")
+        elif value is not None:
+            lines.append(f"| {label} | {value} | | | |")
+
+    tuning = results["tuning"]
+    row(f"tuning: seconds per 100 steps ({tuning['steps']}-step schedule, set-up excluded)", tuning["per_100_steps_s"])
+    row(f"tuning: seconds for the {tuning['steps']} steps", tuning["steps_s"])
+    row("tuning: seconds in all (encoding and set-up included)", tuning["total_s"])
+    row(f"tuning: peak memory GiB ({tuning['peak_memory_kind']})", tuning["peak_memory_gib"])
+    sampling = results.get("sampling")
+    if sampling:
+        for name, variant in sampling["variants"].items():
+            row(f"sampling {name}: seconds per step", variant["per_step_s"])
+            row(f"sampling {name}: seconds per call ({sampling['steps_per_call']} steps)", variant["per_call_s"])
+            extrapolated = variant.get(f"per_call_at_{sampling['preset_steps']}_steps_extrapolated_s")
+            row(f"sampling {name}: seconds per call at {sampling['preset_steps']} steps (extrapolated)", extrapolated)
+            row(f"sampling {name}: peak memory GiB", variant["peak_memory_gib"])
+        row("vchain adapter merge + restore, seconds", sampling["adapter_merge_and_restore_s"])
+        for pair, ratio in sampling["ratios"].items():
+            row(f"ratio {pair}, per call", ratio["per_call"])
+            row(f"ratio {pair}, per step (medians)", ratio["per_step"])
+    floors = results["floors"]
+    row("tuning step FLOPs / forward FLOPs (one keyframe)", floors["tuning_step_over_forward_of_a_keyframe"])
+    row("sampling step floor at peak bf16, seconds", floors.get("sampling_step_floor_s"))
+    row("tuning per 100 steps floor at peak bf16, seconds", floors.get("tuning_per_100_steps_floor_s"))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -95,6 +95,22 @@ def test_generate_rejects_bad_settings_before_loading(tmp_path, capsys, monkeypa
     assert message in err and "Traceback" not in err
 
 
+def test_generate_with_the_acceleration_switches_records_them(tiny_wan, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    switches = ["--cache", "first-block", "--cache-threshold", "0.5", "--offload-text-encoder"]
+    assert (
+        main(["generate", "An egg falls.", "-o", run, "--variant", "t2v", "--model", tiny_wan, *TINY, *switches]) == 0
+    )
+    generator = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["sampling"]["inputs"][
+        "generator"
+    ]
+    assert generator["acceleration"]["cache"] == "first-block" and generator["acceleration"]["cache_threshold"] == 0.5
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    capsys.readouterr()
+    assert main(["tune", "-o", str(tmp_path / "demo"), "--cache", "first-block"]) == 2
+    assert "--cache does not apply to tune" in capsys.readouterr().err
+
+
 def test_generate_t2v_on_a_saved_tiny_wan_then_sample_with_another_seed(tiny_wan, tmp_path, capsys):
     run = str(tmp_path / "run")
     assert main(["generate", "An egg falls.", "-o", run, "--variant", "t2v", "--model", tiny_wan, *TINY]) == 0
@@ -116,7 +132,7 @@ def test_tune_with_a_new_rank_tunes_again_and_says_where_the_adapter_is(tiny_wan
     frame = ["--height", "32", "--width", "32", "--dtype", "float32"]
     assert main(["tune", "-o", run, "--model", tiny_wan, "--rank", "4", "--tune-steps", "3", *frame]) == 0
     out = capsys.readouterr().out
-    assert f"tuned in" in out and f"adapter in {run}/lora" in out
+    assert "tuned in" in out and f"adapter in {run}/lora" in out
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["stages"]["tuning"]["inputs"]["tuner"]["config"]["rank"] == 4
     assert m["stages"]["sampling"]["status"] == "done"  # the old video stays until sampling runs again
@@ -144,7 +160,7 @@ def test_a_busy_folder_is_refused_at_once(tmp_path, capsys):
         (["demo", "-o", "{file}"], "is a file, not a folder"),
         (["suite", "-o", "{dir}", "--demo", "--cases", "1,1"], "--cases names a case twice"),
         (["suite", "-o", "{dir}", "--demo", "--cases", "25"], "--cases must be case numbers 0-19"),
-        (["suite", "-o", "{dir}", "--demo", "--height", "64"], "--height do(es) not apply"),
+        (["suite", "-o", "{dir}", "--demo", "--height", "64"], "--height does not apply to --demo"),
     ],
 )
 def test_bad_folders_and_options_are_usage_errors(tmp_path, capsys, args, message):
@@ -287,6 +303,9 @@ def test_the_family_comes_from_the_checkpoint(tmp_path, capsys):
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["stages"]["sampling"]["inputs"]["generator"]["class"] == "CogVideoXVideoGenerator"
     assert iio.imread(tmp_path / "run" / "video.mp4").shape[0] == 9
+    assert main(["generate", "An egg falls.", "-o", str(tmp_path / "r2"), "--variant", "t2v", *args,
+                 "--attention-backend", "native"]) == 2  # fmt: skip
+    assert "--attention-backend does not apply to CogVideoX checkpoints" in capsys.readouterr().err
 
 
 def test_a_checkpoint_of_another_pipeline_names_the_supported_ones(tmp_path, capsys):

@@ -36,6 +36,11 @@ SAMPLING_FLAGS = (
     ("--height", "height", {}), ("--width", "width", {}), ("--frames", "num_frames", {}),
     ("--steps", "num_inference_steps", {}), ("--guidance", "guidance_scale", {}),
 )  # fmt: skip
+ACCELERATION_FLAGS = (
+    ("--compile", "compile", {}), ("--attention-backend", "attention_backend", {}), ("--cache", "cache", {}),
+    ("--cache-threshold", "cache_threshold", {}),
+)  # fmt: skip
+ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshold")
 REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url")
 IMAGE_OPTIONS = ("image_backend", "image_model", "image_base_url")
 GENERATOR_OPTIONS = ("model", "device", "dtype")
@@ -85,9 +90,9 @@ def _folder(text: str) -> Path:
 
 
 def _flag_names() -> dict[str, str]:
-    flags = {name: flag for flag, name, _ in (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)}
-    return {**{d: "--" + d.replace("_", "-") for d in (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed")},
-            **flags}  # fmt: skip
+    flags = (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
+    named = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed", "offload_text_encoder")
+    return {**{d: "--" + d.replace("_", "-") for d in named}, **{name: flag for flag, name, _ in flags}}
 
 
 def _refuse_unused(args, dests, why: str) -> None:
@@ -210,6 +215,7 @@ class _Reasoning:
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
+    from vchain.backends._diffusers import Acceleration
     from vchain.tuning import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
@@ -222,6 +228,12 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
     _add_device(group, "torch device")
     group.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
     _add_config_flags(group, sampling, SAMPLING_FLAGS)
+    speed = parser.add_argument_group("acceleration (sampling; off by default, quality cost at full size unmeasured)")
+    _add_config_flags(speed, (Acceleration,), ACCELERATION_FLAGS)
+    speed.add_argument(
+        "--offload-text-encoder", action="store_true", default=None,
+        help="keep the text encoder on the CPU except while it encodes (frees 11 GiB for Wan's UMT5-XXL)",
+    )  # fmt: skip
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
@@ -274,13 +286,22 @@ class _Generation:
             raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
         self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
         self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
+        from vchain.backends._diffusers import Acceleration
+
+        switches = _given(args, ACCELERATION_FLAGS)
+        if switches.get("attention_backend") and not self.family.dispatches_attention:
+            raise ConfigurationError(f"--attention-backend does not apply to {self.family.name} checkpoints: their "
+                                     "attention calls torch directly, not diffusers' dispatcher")  # fmt: skip
+        self.acceleration = Acceleration(**{**recorded.get("acceleration", {}), **switches})
+        self.offload_text_encoder = bool(args.offload_text_encoder)
 
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
         generator = generator_class.from_pretrained(
-            self.model, dtype=self.dtype, device=self.device, **self.sampling.model_dump()
-        )
+            self.model, dtype=self.dtype, device=self.device, offload_text_encoder=self.offload_text_encoder,
+            **self.sampling.model_dump(), **self.acceleration.model_dump(),
+        )  # fmt: skip
         return generator, tuner_class(self.tuning)
 
 
@@ -303,6 +324,7 @@ def _recorded(output: Path) -> tuple[str, str, dict]:
         "model_id": sampled.get("model_id") or tuned.get("model_id"),
         "dtype": sampled.get("dtype") or tuned.get("dtype"),
         "sampling": dict(sampled.get("config") or {}),
+        "acceleration": dict(sampled.get("acceleration") or {}),
         "tuning": {k: v for k, v in (tuner.get("config") or {}).items() if k != "target_modules"},
     }
     if not recorded["sampling"] and stages.tuning.inputs.get("frame"):
@@ -349,7 +371,8 @@ def cmd_generate(args) -> int:
     if not spec.tuning:
         _refuse_unused(args, TUNING_OPTIONS, f"{why} does not tune")
     if spec.render == "interpolator":
-        _refuse_unused(args, ("num_inference_steps", "guidance_scale", "seed"), f"{why} interpolates the keyframes")
+        sampling_only = ("num_inference_steps", "guidance_scale", "seed", *ACCELERATION_OPTIONS)
+        _refuse_unused(args, sampling_only, f"{why} interpolates the keyframes")
     generation = _Generation(args)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
     _check_folder(args.output, args.prompt.strip(), args.variant)
@@ -370,7 +393,8 @@ def cmd_tune(args) -> int:
     prompt, variant, recorded = _recorded(args.output)
     if not get_variant(variant).tuning:
         raise ConfigurationError(f"{str(args.output)!r} holds a {variant!r} run, which does not tune")
-    _refuse_unused(args, SAMPLING_ONLY, "to tune, which trains at the frame size only (give them to sample)")
+    _refuse_unused(args, (*SAMPLING_ONLY, *ACCELERATION_OPTIONS), "to tune, which trains at the frame size only "
+                   "(give them to sample)")  # fmt: skip
     generation = _Generation(args, recorded)
     _check_folder(args.output, prompt, variant, finished=("reasoning",))
     generator, tuner = generation.build()
@@ -434,12 +458,9 @@ def cmd_suite(args) -> int:
     check_output_dir(args.output, create=False)
     cases = parse_cases(args.cases) if args.cases is not None else list(range(len(PAPER_CASES)))
     if args.demo:
-        flags = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS)
-        given = [flag for flag, name, _ in flags if getattr(args, name) is not None]
-        given += [f"--{n.replace('_', '-')}" for n in (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS)
-                  if getattr(args, n) is not None]  # fmt: skip
-        if given:
-            raise ConfigurationError(f"--demo runs fixed tiny models; {', '.join(given)} do(es) not apply to it")
+        fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
+        models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
+        _refuse_unused(args, (*(name for _, name, _ in fixed), *models), "to --demo, which runs fixed tiny models")
         from vchain.testing import demo_pipeline
 
         seed = 0 if args.seed is None else args.seed

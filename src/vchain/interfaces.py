@@ -236,6 +236,13 @@ class Tuner(Component):
     def tune(self, generator: VideoGenerator, pairs: Sequence[tuple[Image.Image, str]]) -> Adapter:
         """Learn an adapter that makes `generator` render the keyframes for their captions."""
 
+    def check(self, generator: VideoGenerator) -> None:
+        """Raise `ConfigurationError` if this tuner cannot tune `generator` (targets, sizes). Optional.
+
+        The pipeline calls it before any other work of a run that will tune, so a mistake in the
+        tuner's settings is found before reasoning is paid for.
+        """
+
     def load_adapter(self, directory: str | Path) -> Adapter:
         """Read back what `Adapter.save` wrote. Optional."""
         raise ConfigurationError(f"{type(self).__name__} cannot load saved adapters")

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from vchain.chain import ThoughtChain, check_prompt
-from vchain.errors import ConfigurationError, StageError, VChainError
+from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
 from vchain.interfaces import Adapter, ImageBackend, Interpolator, Reasoner, Tuner, VideoGenerator
 from vchain.reasoning import ReasoningConfig, augment, check_reasoning, keyframe_frame, reason
 from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
@@ -279,6 +279,8 @@ class VChainPipeline:
         thinks = "reasoning" in stages and spec.reasoning == "chain" and self.reasoner is not None
         if thinks and not run.finished("reasoning", None):
             check_reasoning(self.reasoning, self.reasoner, keyframe_frame(self.reasoning, self.generator))
+        if "tuning" in stages and self.tuner is not None and self.generator is not None:
+            self.tuner.check(self.generator)
         augments = "reasoning" in stages and spec.reasoning == "augment" and self.reasoner is not None
         if augments and not self.reasoner.supports("augment_prompt") and not run.finished("reasoning", None):
             raise ConfigurationError(
@@ -334,7 +336,8 @@ class VChainPipeline:
     def _tune_step(self, run, chain: ThoughtChain) -> Adapter:
         inputs = None
         if self.generator is not None and self.tuner is not None:
-            identity = {k: v for k, v in self.generator.describe().items() if k != "config"}
+            # What tuning depends on: the model, not how it samples (settings, acceleration switches).
+            identity = {k: v for k, v in self.generator.describe().items() if k not in ("config", "acceleration")}
             tokens = self.generator.prompt_tokens("")
             inputs = {
                 "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,
@@ -367,6 +370,8 @@ class VChainPipeline:
     def _tune(self, chain: ThoughtChain) -> Adapter:
         try:
             adapter = self.tuner.tune(self.generator, chain.training_pairs())
+        except NumericalError as e:
+            raise StageError(f"{type(self.tuner).__name__}.tune() made a broken adapter: {e}", stage="tuning") from e
         except VChainError:
             raise
         except Exception as e:

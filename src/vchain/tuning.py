@@ -7,7 +7,10 @@ the base weights frozen in their dtype (bf16 on a GPU) and the LoRA parameters i
 
 Everything random is drawn up front on the host from `seed`: the keyframe order, the noise levels and
 which denoiser serves each one. The steps then index device tensors with Python ints and never wait
-for the device, except every `log_every` steps to read the loss.
+for the device, except every `log_every` steps to read the loss. On a GPU such a step is bound by
+kernel launches more than by FLOPs; the levers for that are several keyframes per step (`batch_size`),
+regional `torch.compile` of the denoiser's repeated blocks (`compile`) and AdamW's fused kernel
+(`fused_adamw`, on by default on CUDA).
 
 The result is a `LoRAAdapter` in memory: `apply(generator)` folds it into the weights from a snapshot
 (or adds peft layers) and puts the base model back bit-exactly on exit; `save(dir)` writes the
@@ -115,6 +118,17 @@ class LoRAConfig(Config):
         None, description="module-name suffixes that get the LoRA; None takes the generator's"
     )
     log_every: int = Field(10, ge=1, description="steps between loss reads (each waits for the device)")
+    compile: bool = Field(
+        False,
+        description="regional torch.compile of the denoiser's repeated blocks while tuning (the first steps "
+        "pay the compilation; later runs in the process reuse it)",
+    )
+    compile_backend: str = Field(
+        "inductor", min_length=1, description="the torch.compile backend ('eager' or 'aot_eager' test the plumbing)"
+    )
+    fused_adamw: bool | None = Field(
+        None, description="AdamW's fused kernel (one launch per step for all LoRA tensors); None: on CUDA only"
+    )
     seed: int = Field(0, ge=0, lt=2**63, description="seeds LoRA init, keyframe order, noise and levels")
     merge_for_sampling: bool = Field(
         True,
@@ -141,6 +155,9 @@ class TuningReport(BaseModel):
     """What one tuning run did: losses at each read, where the time went, what was trained."""
 
     losses: list[tuple[int, float]] = []
+    # Seconds since the first step began, at each loss read: a read waits for the device, so the time
+    # between two reads is what those steps took (a benchmark's per-step time without the set-up).
+    timeline: list[tuple[int, float]] = []
     seconds: dict[str, float] = {}
     trainable_parameters: int = 0
     steps: int = 0
@@ -154,6 +171,8 @@ class LoRAAdapter(Adapter):
     """A LoRA for a generator's denoiser(s), held in memory.
 
     `state_dicts[i]` holds the peft LoRA weights of denoiser i (`blocks.0.attn1.to_q.lora_A.weight`, ...).
+    Weights that are not finite are refused here, whoever made them (a tuning run, a file, a custom
+    tuner): such an adapter would turn every sample black.
     """
 
     def __init__(
@@ -166,6 +185,10 @@ class LoRAAdapter(Adapter):
         merge: bool = True,
         report: TuningReport | None = None,
     ):
+        for i, state_dict in enumerate(state_dicts):
+            bad = next((k for k, v in state_dict.items() if not bool(torch.isfinite(v).all())), None)
+            if bad is not None:
+                raise NumericalError(f"the LoRA weights of denoiser {i} are not finite ({bad} holds NaN or inf)")
         self.state_dicts = state_dicts
         self.rank, self.alpha, self.target_modules = rank, float(alpha), tuple(target_modules)
         self.merge = merge
@@ -227,13 +250,21 @@ class LoRAAdapter(Adapter):
         for path in files:
             state_dict, metadata = _read_lora_file(path)
             state_dicts.append(state_dict)
-        downs = [v for k, v in state_dicts[0].items() if k.endswith("lora_A.weight")]
-        rank = int(metadata.get("r") or downs[0].shape[0])
+        ranks = {v.shape[0] for sd in state_dicts for k, v in sd.items() if k.endswith("lora_A.weight")}
+        rank = int(metadata.get("r") or next(iter(ranks)))
+        if ranks != {rank}:
+            raise VChainError(
+                f"the LoRA in {str(directory)!r} says rank {rank} but its lora_A tensors have rank(s) "
+                f"{sorted(ranks)}: the file and its metadata do not belong together"
+            )
         alpha = float(metadata.get("lora_alpha", rank))
         targets = metadata.get("target_modules") or sorted(
             {k.removesuffix(".lora_A.weight").rsplit(".", 1)[-1] for k in state_dicts[0] if "lora_A" in k}
         )
-        return cls(state_dicts, rank=rank, alpha=alpha, target_modules=targets, merge=merge)
+        try:
+            return cls(state_dicts, rank=rank, alpha=alpha, target_modules=targets, merge=merge)
+        except NumericalError as e:
+            raise VChainError(f"the LoRA in {str(directory)!r} is unusable: {e}; tune again") from e
 
 
 def _read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -353,18 +384,29 @@ class LoRATuner(Tuner):
     def load_adapter(self, directory: str | Path) -> LoRAAdapter:
         return LoRAAdapter.load(directory, merge=self.config.merge_for_sampling)
 
+    def check(self, generator: VideoGenerator) -> None:
+        """The generator is tunable, the targets match its linears, the training size is one it takes."""
+        self._targets(_tunable(generator, "tune"))
+
+    def _targets(self, generator: TunableGenerator) -> tuple[str, ...]:
+        config = self.config
+        generator.check_frame(config.height or generator.height, config.width or generator.width)
+        targets = config.target_modules or generator.lora_targets
+        if not targets:
+            raise ConfigurationError(f"{type(generator).__name__} names no lora_targets; set target_modules")
+        for denoiser in generator.denoisers():
+            _check_targets(denoiser, targets)
+            if config.compile:
+                repeated_blocks(denoiser)
+        return tuple(targets)
+
     def tune(self, generator: VideoGenerator, pairs: Sequence[tuple[Image.Image, str]]) -> LoRAAdapter:
         generator = _tunable(generator, "tune")
         config = self.config
         images, captions = check_pairs(pairs)
+        targets = self._targets(generator)
         height, width = config.height or generator.height, config.width or generator.width
-        generator.check_frame(height, width)
-        targets = config.target_modules or generator.lora_targets
-        if not targets:
-            raise ConfigurationError(f"{type(generator).__name__} names no lora_targets; set target_modules")
         denoisers = generator.denoisers()
-        for denoiser in denoisers:
-            _check_targets(denoiser, targets)
         report = TuningReport(steps=config.steps, keyframes=len(images))
 
         start = time.perf_counter()
@@ -375,10 +417,14 @@ class LoRATuner(Tuner):
         start = time.perf_counter()
         state_dicts = self._train(generator, denoisers, targets, latents, context, report)
         report.seconds["fine_tune"] = round(time.perf_counter() - start, 3)
-        return LoRAAdapter(
-            state_dicts, rank=config.rank, alpha=config.alpha, target_modules=targets,
-            merge=config.merge_for_sampling, report=report,
-        )  # fmt: skip
+        try:
+            return LoRAAdapter(
+                state_dicts, rank=config.rank, alpha=config.alpha, target_modules=targets,
+                merge=config.merge_for_sampling, report=report,
+            )  # fmt: skip
+        except NumericalError as e:  # the last steps blew up after the last loss read
+            raise StageError(f"{e} after step {config.steps}; lower learning_rate (now {config.learning_rate})",
+                             stage="tuning", step="fine_tune") from e  # fmt: skip
 
     def _train(self, generator, denoisers, targets, latents, context, report) -> list[dict]:
         from peft import inject_adapter_in_model
@@ -392,6 +438,7 @@ class LoRATuner(Tuner):
         objective = generator.training_objective()
         schedule = _Schedule(config, len(latents), objective, generator.denoiser_for, device)
         step = 0
+        compiled = contextlib.ExitStack()
         try:
             params = []
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -408,14 +455,22 @@ class LoRATuner(Tuner):
                         else:
                             param.requires_grad_(False)
             report.trainable_parameters = sum(p.numel() for p in params)
-            optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+            if config.compile:
+                for denoiser in denoisers:
+                    compiled.enter_context(compiled_blocks(denoiser, backend=config.compile_backend))
+            fused = config.fused_adamw if config.fused_adamw is not None else device.type == "cuda"
+            optimizer = torch.optim.AdamW(
+                params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
+            )
             noise_rng = torch.Generator(device=device).manual_seed(config.seed)
             running = torch.zeros((), device=device)
             first_bad = torch.full((), -1, device=device, dtype=torch.long)
             progress = tqdm(range(1, config.steps + 1), **{"desc": "tuning", "unit": "step", "leave": False,
                                                            **self._progress})  # fmt: skip
+            scale = 1.0 / (latents[0].numel() * schedule.batch_size)  # the mean over the batch's elements
+            started = time.perf_counter()
             for step in progress:
-                loss = latents.new_zeros(())
+                terms = []
                 for which, rows, level in schedule.groups(step - 1):
                     x0 = latents[rows]
                     noise = torch.randn(x0.shape, generator=noise_rng, device=device, dtype=x0.dtype)
@@ -426,8 +481,8 @@ class LoRATuner(Tuner):
                         timestep,
                         _take(context, rows, dtypes[which]),
                     )
-                    loss = loss + torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="sum")
-                loss = loss / latents[0].numel() / schedule.batch_size
+                    terms.append(torch.nn.functional.mse_loss(prediction.float(), target.float(), reduction="sum"))
+                loss = (terms[0] if len(terms) == 1 else torch.stack(terms).sum()) * scale
                 loss.backward()
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -435,25 +490,20 @@ class LoRATuner(Tuner):
                 optimizer.zero_grad(set_to_none=True)
                 detached = loss.detach()
                 running += detached
-                bad = ~torch.isfinite(detached) & (first_bad < 0)
-                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+                # The first step whose loss is not finite, kept on the device until the next read.
+                first_bad = torch.where(torch.isfinite(detached) | (first_bad >= 0), first_bad, step)
                 if step % config.log_every == 0 or step == config.steps:
                     count = (step - 1) % config.log_every + 1
                     mean = (running / count).item()  # the one wait for the device, every log_every steps
                     running.zero_()
                     self._check_finite(int(first_bad.item()), mean, step)
                     report.losses.append((step, mean))
+                    report.timeline.append((step, time.perf_counter() - started))
                     progress.set_postfix(loss=f"{mean:.4f}")
-            state_dicts = [
+            return [
                 {k: v.detach().clone() for k, v in get_peft_model_state_dict(d, adapter_name=ADAPTER_NAME).items()}
                 for d in denoisers
             ]
-            if not all(bool(torch.isfinite(v).all()) for sd in state_dicts for v in sd.values()):
-                raise NumericalError(
-                    f"the LoRA weights are not finite after step {config.steps}; lower learning_rate "
-                    f"(now {config.learning_rate})"
-                )
-            return state_dicts
         except NumericalError as e:
             raise StageError(str(e), stage="tuning", step="fine_tune") from e
         except torch.OutOfMemoryError as e:
@@ -468,6 +518,7 @@ class LoRATuner(Tuner):
                 stage="tuning", step="fine_tune",
             ) from e  # fmt: skip
         finally:
+            compiled.close()
             for denoiser, state in zip(denoisers, saved, strict=True):
                 _remove_adapter(denoiser)
                 _restore_module_state(denoiser, state)
@@ -488,7 +539,9 @@ class _Schedule:
 
     Keyframes are visited in shuffled rounds (each seen equally often); noise levels follow the
     weighting scheme and the objective's mapping; each step's batch is ordered by the denoiser that
-    serves its levels, so a step is a few contiguous slices and routing never reads the device.
+    serves its levels, so a step is a few contiguous slices and routing never reads the device. A
+    step's keyframes are a plain slice where they are consecutive (always with one per step), else a
+    view of the index tensor: either way no copy and no kernel before the denoiser runs.
     """
 
     def __init__(self, config: LoRAConfig, n: int, objective: TrainingObjective, denoiser_for, device):
@@ -502,13 +555,11 @@ class _Schedule:
             u = torch.sigmoid(torch.randn(shape, generator=rng) * config.logit_std + config.logit_mean)
         else:
             u = torch.rand(shape, generator=rng)
-        levels = objective.levels(u.double()).float()
+        levels = objective.levels(u.double()).float().tolist()
         rows, groups = [], []
         for step in range(config.steps):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            served = sorted(
-                (denoiser_for(float(level)), i, float(level)) for i, level in zip(batch, levels[step], strict=True)
-            )
+            served = sorted((denoiser_for(level), i, level) for i, level in zip(batch, levels[step], strict=True))
             rows.append([(i, level) for _, i, level in served])
             spans, start = [], 0
             for which in dict.fromkeys(w for w, _, _ in served):
@@ -516,17 +567,62 @@ class _Schedule:
                 spans.append((which, start, start + count))
                 start += count
             groups.append(spans)
-        self._index = torch.tensor([[i for i, _ in row] for row in rows], device=device)
-        self._levels = torch.tensor([[lv for _, lv in row] for row in rows], device=device)
-        self._groups = groups
+        index = torch.tensor([[i for i, _ in row] for row in rows], device=device)
+        levels = torch.tensor([[lv for _, lv in row] for row in rows], device=device)
+        self._steps = []
+        for step, spans in enumerate(groups):
+            parts = []
+            for which, start, end in spans:
+                ids = [i for i, _ in rows[step][start:end]]
+                consecutive = ids == list(range(ids[0], ids[0] + len(ids)))
+                keyframes = slice(ids[0], ids[0] + len(ids)) if consecutive else index[step, start:end]
+                parts.append((which, keyframes, levels[step, start:end]))
+            self._steps.append(parts)
 
-    def groups(self, step: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def groups(self, step: int) -> list[tuple[int, slice | torch.Tensor, torch.Tensor]]:
         """(denoiser index, keyframe rows, levels) per denoiser that serves part of step `step`."""
-        for which, start, end in self._groups[step]:
-            yield which, self._index[step, start:end], self._levels[step, start:end]
+        return self._steps[step]
 
 
-def _take(context, rows: torch.Tensor, dtype: torch.dtype):
+@contextlib.contextmanager
+def compiled_blocks(module: torch.nn.Module, **options: Any) -> Iterator[None]:
+    """Regional compilation: `torch.compile(**options)` on each repeated block of `module`, undone on exit.
+
+    The blocks are diffusers' `_repeated_blocks` (compiled by its `compile_repeated_blocks`), else the
+    members of the module's longest `ModuleList` of one class. Blocks of one class share one compiled
+    graph, and dynamo keeps it on the class's code across entries: a later entry with the same shapes,
+    or after weights changed in place (a merged adapter), runs it without recompiling.
+    """
+    compiled_before = {id(m) for m in module.modules() if m._compiled_call_impl is not None}
+    try:
+        if getattr(module, "_repeated_blocks", None):
+            module.compile_repeated_blocks(**options)
+        else:
+            for block in repeated_blocks(module):
+                block.compile(**options)
+        yield
+    finally:
+        # `nn.Module.compile` keeps the compiled callable in `_compiled_call_impl`; clearing it restores
+        # the eager call (torch offers no public undo).
+        for m in module.modules():
+            if id(m) not in compiled_before:
+                m._compiled_call_impl = None
+
+
+def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks `compiled_blocks` compiles; `ConfigurationError` for a module without any."""
+    names = getattr(module, "_repeated_blocks", None)
+    if names:
+        return [m for m in module.modules() if type(m).__name__ in names]
+    lists = [m for m in module.modules() if isinstance(m, torch.nn.ModuleList) and len({type(b) for b in m}) == 1]
+    if not lists:
+        raise ConfigurationError(
+            f"{type(module).__name__} has no list of repeated blocks to compile; leave compile off"
+        )
+    return list(max(lists, key=len))
+
+
+def _take(context, rows: slice | torch.Tensor, dtype: torch.dtype):
     if isinstance(context, dict):
         return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in context.items()}
     return context[rows].to(dtype)

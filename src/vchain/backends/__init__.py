@@ -28,6 +28,7 @@ class GeneratorFamily:
     module: str
     generator: str
     tuner: str
+    dispatches_attention: bool = True  # its attention goes through diffusers' dispatcher (attention_backend)
 
     def generator_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.generator)
@@ -46,6 +47,7 @@ GENERATOR_FAMILIES = {
             "vchain.backends.cogvideox",
             "CogVideoXVideoGenerator",
             "CogVideoXLoRATuner",
+            dispatches_attention=False,
         ),
     )
 }

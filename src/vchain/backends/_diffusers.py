@@ -1,22 +1,77 @@
 """What the diffusers-based backends share: a dtype read once, a timed and checked video pipeline call,
-and `DiffusersVideoGenerator`, the base of the generator families (Wan, CogVideoX)."""
+the acceleration switches, and `DiffusersVideoGenerator`, the base of the generator families (Wan,
+CogVideoX)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, ClassVar
+from abc import abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import Field, field_validator
 
 from vchain._hub import resolve_pretrained
 from vchain.accounting import report_timing
 from vchain.config import Config
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.interfaces import TunableGenerator
+from vchain.tuning import compiled_blocks
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+class Acceleration(Config):
+    """Speed switches of a diffusers generator, each through diffusers' own machinery, all off by default.
+
+    They are applied around each sampling call and removed after it, so between calls the wrapped
+    pipeline is exactly the stock one. They change outputs (within float tolerance for `compile` and
+    the attention kernels, by skipped work for the step cache), so a manifest records them; their
+    quality cost at full size is unknown until measured.
+    """
+
+    compile: bool = Field(
+        False,
+        description="regional torch.compile of the transformer's repeated blocks; compiled once per process, "
+        "later prompts and merged adapters reuse it",
+    )
+    compile_backend: str = Field(
+        "inductor", min_length=1, description="the torch.compile backend ('eager' or 'aot_eager' test the plumbing)"
+    )
+    attention_backend: str | None = Field(
+        None,
+        description="diffusers' attention kernel: 'native', 'flash', 'sage', '_native_cudnn', ... as the "
+        "installed packages allow; None keeps diffusers' default",
+    )
+    cache: Literal["first-block"] | None = Field(
+        None,
+        description="step cache: None (off) or 'first-block' (diffusers' FirstBlockCache: the other blocks are "
+        "skipped while the first block's output barely changes)",
+    )
+    cache_threshold: float = Field(
+        0.05, gt=0, le=1, description="the first-block cache's relative change threshold (higher skips more)"
+    )
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _usable(cls, name: str | None) -> str | None:
+        """A backend diffusers knows and whose package is installed (checked before any model loads)."""
+        if name is None:
+            return None
+        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+        known = [backend.value for backend in AttentionBackendName]
+        if name not in known:
+            raise ValueError(f"must be one of diffusers' attention backends ({', '.join(known)})")
+        try:
+            _check_attention_backend_requirements(AttentionBackendName(name))
+        except RuntimeError as e:
+            raise ValueError(f"cannot be used here: {e}") from None
+        return name
 
 
 def parse_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
@@ -79,6 +134,13 @@ class DiffusersVideoGenerator(TunableGenerator):
 
     Args:
         pipeline: a loaded diffusers pipeline of `pipeline_class`, used as is (you own device and dtype).
+        compile: regional `torch.compile` of the transformer's repeated blocks while sampling.
+        compile_backend: the `torch.compile` backend (default `"inductor"`).
+        attention_backend: diffusers' attention kernel while sampling (`"flash"`, `"sage"`, ...).
+        cache: `"first-block"` for diffusers' FirstBlockCache while sampling; `cache_threshold` its threshold.
+        offload_text_encoder: keep the text encoder on the CPU between encodings; it moves to the device for
+            each (a prompt, or the captions of a tuning run) and back, which frees its memory (11 GiB for
+            UMT5-XXL in bfloat16) for the transformer at the cost of two copies per encoding.
         **sampling: defaults for every `sample` call, the fields of `sampling_class`.
     """
 
@@ -87,7 +149,18 @@ class DiffusersVideoGenerator(TunableGenerator):
     default_model: ClassVar[str]
     what: ClassVar[str]
 
-    def __init__(self, pipeline, **sampling: Any):
+    def __init__(
+        self,
+        pipeline,
+        *,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        attention_backend: str | None = None,
+        cache: str | None = None,
+        cache_threshold: float = 0.05,
+        offload_text_encoder: bool = False,
+        **sampling: Any,
+    ):
         import diffusers
 
         expected = getattr(diffusers, self.pipeline_class)
@@ -104,19 +177,33 @@ class DiffusersVideoGenerator(TunableGenerator):
             )
         self.pipeline = pipeline
         self.config = self._checked(self.sampling_class(**sampling))
+        self.acceleration = Acceleration(
+            compile=compile, compile_backend=compile_backend, attention_backend=attention_backend,
+            cache=cache, cache_threshold=cache_threshold,
+        )  # fmt: skip
+        if self.acceleration.attention_backend is not None:
+            self._check_dispatched()
+        self.offload_text_encoder = _checked_flag(offload_text_encoder, "offload_text_encoder")
+        if offload_text_encoder:
+            pipeline.text_encoder.to("cpu")
         self.model_id: str | None = getattr(pipeline, "name_or_path", None)
 
     @classmethod
-    def from_pretrained(cls, model_id: str | None = None, *, dtype=None, torch_dtype=None, device=None, **sampling):
+    def from_pretrained(cls, model_id: str | None = None, *, dtype=None, torch_dtype=None, device=None, **settings):
         """Load a Diffusers-format checkpoint (hub id or local folder; default `default_model`).
 
         Args:
             dtype: the weights' dtype (default bfloat16); `torch_dtype=` is the older name.
             device: where to put the pipeline (default: leave it on the CPU, you call `.to(...)`).
-            **sampling: sampling settings, checked before the (large) download or load starts.
+            **settings: the constructor's keywords (sampling settings, acceleration switches,
+                `offload_text_encoder`), checked before the (large) download or load starts.
         """
         model_id = cls.default_model if model_id is None else model_id
+        switches = {k: v for k, v in settings.items() if k in Acceleration.model_fields}
+        Acceleration(**switches)
+        sampling = {k: v for k, v in settings.items() if k not in switches and k != "offload_text_encoder"}
         cls.sampling_class(**sampling).check()
+        _checked_flag(settings.get("offload_text_encoder", False), "offload_text_encoder")
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
@@ -125,7 +212,7 @@ class DiffusersVideoGenerator(TunableGenerator):
             pipeline = cls._load(source, dtype)
         except (OSError, ValueError) as e:
             raise ConfigurationError(f"cannot load {cls.what} {str(model_id)!r}: {e}") from e
-        generator = cls(pipeline, **sampling)
+        generator = cls(pipeline, **settings)
         generator.model_id = str(model_id)
         return generator.to(device) if device is not None else generator
 
@@ -167,10 +254,13 @@ class DiffusersVideoGenerator(TunableGenerator):
             "dtype": str(self.pipeline.transformer.dtype).removeprefix("torch."),
             "denoisers": len(self.denoisers()),
             "config": self.config.to_dict(),
+            "acceleration": self.acceleration.to_dict(),
         }
 
     def to(self, *args, **kwargs):
         self.pipeline.to(*args, **kwargs)
+        if self.offload_text_encoder:
+            self.pipeline.text_encoder.to("cpu")
         return self
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -179,3 +269,96 @@ class DiffusersVideoGenerator(TunableGenerator):
     def sampling_config(self, **overrides: Any):
         """The sampling settings with `overrides` applied, checked against the model."""
         return self._checked(self.config.replace(**overrides))
+
+    # -- sampling
+
+    def sample(self, prompt: str, *, seed: int | None = None, output_type: str = "pil", **overrides: Any):
+        """Sample one video: PIL frames (`output_type="pil"`), float frames (`"np"`) or latents (`"latent"`),
+        with the acceleration switches on for the call."""
+        config = self.sampling_config(**overrides)
+        call = self._call_arguments(prompt, config)
+        if self.offload_text_encoder:
+            call = self._with_prompt_embeddings(call)
+        with self.accelerated():
+            return sample_video(
+                self.pipeline,
+                num_inference_steps=config.num_inference_steps,
+                output_type=output_type,
+                owner=type(self).__name__,
+                generator=None if seed is None else torch.Generator(device="cpu").manual_seed(seed),
+                **call,
+            )
+
+    @abstractmethod
+    def _call_arguments(self, prompt: str, config) -> dict[str, Any]:
+        """The family's pipeline keywords for one video: `prompt`, `negative_prompt`, `guidance_scale`,
+        `max_sequence_length`, sizes and its own (steps, seed and output type are added by `sample`)."""
+
+    @torch.no_grad()
+    def _with_prompt_embeddings(self, call: dict[str, Any]) -> dict[str, Any]:
+        """`call` with the prompts encoded here (the encoder on the device only meanwhile), as the
+        pipeline's `prompt_embeds` / `negative_prompt_embeds`: the pipeline's own `encode_prompt`, so the
+        embeddings are the ones it would compute."""
+        call = dict(call)
+        with self.text_encoder_on_device():
+            positive, negative = self.pipeline.encode_prompt(
+                call.pop("prompt"),
+                call.pop("negative_prompt"),
+                do_classifier_free_guidance=call["guidance_scale"] > 1.0,
+                max_sequence_length=call["max_sequence_length"],
+                device=self.device,
+            )
+        return {**call, "prompt_embeds": positive, "negative_prompt_embeds": negative}
+
+    @contextlib.contextmanager
+    def text_encoder_on_device(self) -> Iterator[None]:
+        """The text encoder on the execution device for the duration; with `offload_text_encoder`, back to
+        the CPU after (otherwise it stays where it is)."""
+        if not self.offload_text_encoder:
+            yield
+            return
+        encoder = self.pipeline.text_encoder
+        encoder.to(self.device)
+        try:
+            yield
+        finally:
+            encoder.to("cpu")
+
+    @contextlib.contextmanager
+    def accelerated(self) -> Iterator[None]:
+        """The acceleration switches on for the duration, each removed on exit (also on an error)."""
+        switches = self.acceleration
+        with contextlib.ExitStack() as stack:
+            if switches.attention_backend is not None:
+                from diffusers.models.attention_dispatch import attention_backend
+
+                stack.enter_context(attention_backend(switches.attention_backend))
+            for denoiser in self.denoisers():
+                if switches.compile:
+                    # Not fullgraph: the step cache's hooks decide in Python whether a block runs.
+                    stack.enter_context(compiled_blocks(denoiser, backend=switches.compile_backend))
+                if switches.cache == "first-block":
+                    from diffusers.hooks import FirstBlockCacheConfig
+
+                    denoiser.enable_cache(FirstBlockCacheConfig(threshold=switches.cache_threshold))
+                    stack.callback(denoiser.disable_cache)
+            yield
+
+    def _check_dispatched(self) -> None:
+        """`attention_backend` needs attention that goes through diffusers' dispatcher; diffusers itself
+        would skip other processors without a word."""
+        for denoiser in self.denoisers():
+            processors = [getattr(m, "processor", None) for m in denoiser.modules() if hasattr(m, "processor")]
+            if not any(hasattr(p, "_attention_backend") for p in processors):
+                names = sorted({type(p).__name__ for p in processors})
+                raise ConfigurationError(
+                    f"attention_backend={self.acceleration.attention_backend!r} cannot apply to "
+                    f"{type(denoiser).__name__}: its attention processors ({', '.join(names)}) call torch directly, "
+                    "not diffusers' attention dispatcher; leave attention_backend None"
+                )
+
+
+def _checked_flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value

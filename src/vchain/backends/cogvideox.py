@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain.backends._diffusers import DiffusersVideoGenerator, sample_video
+from vchain.backends._diffusers import DiffusersVideoGenerator
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.tuning import LoRAConfig, LoRATuner, TrainingObjective
@@ -108,12 +108,17 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
 
     Args:
         pipeline: a loaded `diffusers.CogVideoXPipeline`, used as is (you own its device and dtype).
+        compile, compile_backend, cache, cache_threshold: the acceleration switches
+            (`vchain.backends._diffusers.Acceleration`), applied around each sampling call. CogVideoX's
+            attention calls torch directly, so `attention_backend` is refused.
+        offload_text_encoder: keep T5 on the CPU between encodings.
         **sampling: defaults for every `sample` call, the fields of `CogVideoXSamplingConfig`
             (`height=480, width=720, num_frames=49, num_inference_steps=50, guidance_scale=6.0`, ...).
 
-    `from_pretrained(model_id, dtype=..., device=..., **sampling)` loads a checkpoint: a hub id
+    `from_pretrained(model_id, dtype=..., device=..., **settings)` loads a checkpoint: a hub id
     (`"THUDM/CogVideoX-2b"`, `"THUDM/CogVideoX-5b"` (the default), `"THUDM/CogVideoX1.5-5B"`) or a folder.
-    bfloat16 is what the 5b models recommend; the 2b recommends float16.
+    bfloat16 is what the 5b models recommend; the 2b recommends float16. `sample(..., output_type="latent")`
+    gives `[1, F, C, h, w]`, on 1.5 with the padding frame in front when the latent frame count is odd.
     """
 
     lora_targets = COGVIDEOX_LORA_TARGETS
@@ -122,8 +127,8 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
     default_model = DEFAULT_MODEL
     what = "CogVideoX weights"
 
-    def __init__(self, pipeline, **sampling: Any):
-        super().__init__(pipeline, **sampling)
+    def __init__(self, pipeline, **settings: Any):
+        super().__init__(pipeline, **settings)
         self._rotary: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
@@ -151,15 +156,8 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
 
     # -- sampling
 
-    def sample(self, prompt: str, *, seed: int | None = None, output_type: str = "pil", **overrides: Any):
-        """Sample one video: PIL frames (`output_type="pil"`), float frames (`"np"`) or latents (`"latent"`,
-        `[1, F, C, h, w]`; on 1.5 with the padding frame in front when the latent frame count is odd)."""
-        config = self.sampling_config(**overrides)
-        return sample_video(
-            self.pipeline,
-            num_inference_steps=config.num_inference_steps,
-            output_type=output_type,
-            owner=type(self).__name__,
+    def _call_arguments(self, prompt: str, config: CogVideoXSamplingConfig) -> dict[str, Any]:
+        return dict(
             prompt=prompt,
             negative_prompt=config.negative_prompt,
             height=config.height,
@@ -167,7 +165,6 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
             num_frames=config.num_frames,
             guidance_scale=config.guidance_scale,
             use_dynamic_cfg=config.use_dynamic_cfg,
-            generator=None if seed is None else torch.Generator(device="cpu").manual_seed(seed),
             max_sequence_length=self.text_tokens,
         )
 
@@ -190,12 +187,13 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
 
     @torch.no_grad()
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
-        embeds, _ = self.pipeline.encode_prompt(
-            list(captions),
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.text_tokens,
-            device=self.device,
-        )
+        with self.text_encoder_on_device():
+            embeds, _ = self.pipeline.encode_prompt(
+                list(captions),
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.text_tokens,
+                device=self.device,
+            )
         return embeds
 
     @torch.no_grad()
