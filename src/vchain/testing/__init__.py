@@ -16,7 +16,15 @@ Kontext), and `vchain.testing.toy` (`ToyGenerator`, a tunable generator with no 
 
 from vchain.testing.demo import DEMO_CAPTIONS, DEMO_PROMPT, demo_pipeline
 from vchain.testing.fakes import DrawingImageBackend, ScriptedReasoner, draw_image, example_plan
-from vchain.testing.openai_server import FakeOpenAIServer, Fault, RecordedRequest, Reply, scripted_chat
+from vchain.testing.openai_server import (
+    FakeOpenAIServer,
+    Fault,
+    HtmlPage,
+    RawImage,
+    RecordedRequest,
+    Reply,
+    scripted_chat,
+)
 from vchain.testing.tiny import tiny_tokenizer, tiny_wan_pipeline
 
 __all__ = [
@@ -25,6 +33,8 @@ __all__ = [
     "DrawingImageBackend",
     "FakeOpenAIServer",
     "Fault",
+    "HtmlPage",
+    "RawImage",
     "RecordedRequest",
     "Reply",
     "ScriptedReasoner",

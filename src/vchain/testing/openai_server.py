@@ -48,6 +48,21 @@ class Fault:
 
 
 @dataclass
+class HtmlPage:
+    """A 200 answer whose body is a web page, as a misconfigured proxy sends: no API response at all."""
+
+    body: str = "<html><body><h1>Welcome to nginx!</h1></body></html>"
+
+
+@dataclass
+class RawImage:
+    """An image answer carrying `payload` (base64-encoded here) or `b64` (sent as is) instead of a PNG."""
+
+    payload: bytes = b""
+    b64: str | None = None
+
+
+@dataclass
 class Reply:
     """A scripted chat answer. `content` is sent verbatim (malformed JSON included)."""
 
@@ -158,7 +173,8 @@ class FakeOpenAIServer:
         self._validators = _load_validators(schema_path, self.SCHEMAS) if schema_path else {}
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll: closing waits for the loop to notice, twice a second by default.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -179,7 +195,7 @@ class FakeOpenAIServer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def queue(self, route: str, *entries: Reply | Fault | Image.Image) -> None:
+    def queue(self, route: str, *entries: Reply | Fault | HtmlPage | RawImage | Image.Image) -> None:
         if route not in self._scripts:
             raise ValueError(f"route must be one of {sorted(self._scripts)}, got {route!r}")
         with self._lock:
@@ -223,6 +239,11 @@ class FakeOpenAIServer:
                     if record.schema_errors:
                         return self._send(400, {"error": {"message": "; ".join(record.schema_errors)}})
                 entry = server._next(route)
+                if isinstance(entry, HtmlPage):
+                    return self._send_bytes(200, entry.body.encode(), "text/html")
+                if isinstance(entry, RawImage):
+                    b64 = entry.b64 if entry.b64 is not None else base64.b64encode(entry.payload).decode()
+                    return self._send(200, {"created": int(time.time()), "data": [{"b64_json": b64}]})
                 if isinstance(entry, Fault):
                     time.sleep(entry.delay)
                     if entry.status:
@@ -235,10 +256,12 @@ class FakeOpenAIServer:
                 return self._send(200, _image_response(image, len(raw)))
 
             def _send(self, status: int, payload: dict):
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), "application/json")
+
+            def _send_bytes(self, status: int, data: bytes, content_type: str):
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
