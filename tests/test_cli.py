@@ -81,7 +81,7 @@ def test_generate_without_a_key_fails_before_loading_any_model(tmp_path, capsys,
     [
         (["--frames", "80"], "num_frames must be 4k+1"),
         (["--guidance", "nan"], "guidance_scale must be a finite number, got nan"),
-        (["--height", "33"], "height must be a multiple of 16, got 33"),
+        (["--height", "33"], "height must be a positive multiple of 16, got 33"),
         (["--rank", "0"], "--rank does not apply to the t2v variant, which does not tune"),
         (["--seed", "1180591620717411303424"], "seed must be None or an integer in [0, 2**63)"),
         (["--device", "cuda"], "--device cuda: this torch has no usable CUDA device"),

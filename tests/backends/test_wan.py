@@ -161,7 +161,7 @@ def test_step_cache_skips_blocks_while_sampling_and_is_removed_after(generator):
     ("overrides", "message"),
     [
         ({"num_frames": 80}, r"num_frames must be 4k\+1.*got 80"),
-        ({"height": 33}, "height must be a multiple of 16, got 33"),
+        ({"height": 33}, "height must be a positive multiple of 16, got 33"),
         ({"width": 0}, "width must be greater than 0, got 0"),
         ({"num_inference_steps": 0}, "num_inference_steps must be greater than or equal to 1"),
         ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number, got nan"),

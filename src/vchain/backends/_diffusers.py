@@ -84,6 +84,36 @@ def parse_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
     return dtype
 
 
+def frame_errors(
+    height: int,
+    width: int,
+    multiple: int,
+    *,
+    num_frames: int | None = None,
+    frame_stride: int = 1,
+    typical_frames: int = 81,
+    max_size: tuple[int, int] | None = None,
+) -> list[str]:
+    """What is wrong with a frame size (and count) for a model: sizes must be multiples of `multiple`
+    (its VAE's and patch's compression), counts `frame_stride`k+1, sizes within `max_size` if it has one.
+    Stock pipelines round such values silently or fail deep inside; vchain says so up front."""
+    errors = [
+        f"{name} must be a positive multiple of {multiple}, got {value}"
+        for name, value in (("height", height), ("width", width))
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple
+    ]
+    if max_size is not None and not errors and (height > max_size[0] or width > max_size[1]):
+        errors.append(
+            f"height x width must be at most {max_size[0]}x{max_size[1]} (the transformer's sample size), "
+            f"got {height}x{width}"
+        )
+    if num_frames is not None and (num_frames - 1) % frame_stride:
+        errors.append(
+            f"num_frames must be {frame_stride}k+1 (1, {1 + frame_stride}, ..., {typical_frames}), got {num_frames}"
+        )
+    return errors
+
+
 def sample_video(pipeline, *, num_inference_steps: int, output_type: str, owner: str, **call):
     """Call a diffusers video pipeline; report `denoise` and `decode` time; return checked frames.
 

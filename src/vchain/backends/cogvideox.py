@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain.backends._diffusers import DiffusersVideoGenerator
+from vchain.backends._diffusers import DiffusersVideoGenerator, frame_errors
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.tuning import LoRAConfig, LoRATuner, TrainingObjective
@@ -60,11 +60,8 @@ class CogVideoXSamplingConfig(Config):
     ) -> CogVideoXSamplingConfig:
         """Raise `ConfigurationError` for sizes the model cannot render (stock diffusers would round the
         frame count silently, or fail deep inside on a size that is not a multiple of 16)."""
-        errors = _size_errors(self.height, self.width, spatial_multiple, max_size)
-        if (self.num_frames - 1) % frame_stride:
-            errors.append(
-                f"num_frames must be {frame_stride}k+1 (1, {1 + frame_stride}, ..., 49), got {self.num_frames}"
-            )
+        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
+                              frame_stride=frame_stride, typical_frames=49, max_size=max_size)  # fmt: skip
         if errors:
             raise ConfigurationError("invalid CogVideoX sampling settings: " + "; ".join(errors))
         return self
@@ -181,7 +178,7 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
         return VPredictionObjective(self.pipeline.scheduler)
 
     def check_frame(self, height: int, width: int) -> None:
-        errors = _size_errors(height, width, self._spatial_multiple(), self._max_size())
+        errors = frame_errors(height, width, self._spatial_multiple(), max_size=self._max_size())
         if errors:
             raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
 
@@ -252,17 +249,3 @@ class CogVideoXLoRATuner(LoRATuner):
     """
 
     config_class = CogVideoXLoRAConfig
-
-
-def _size_errors(height: int, width: int, multiple: int, max_size: tuple[int, int] | None) -> list[str]:
-    errors = [
-        f"{name} must be a positive multiple of {multiple}, got {value}"
-        for name, value in (("height", height), ("width", width))
-        if not isinstance(value, int) or value <= 0 or value % multiple
-    ]
-    if max_size is not None and not errors and (height > max_size[0] or width > max_size[1]):
-        errors.append(
-            f"height x width must be at most {max_size[0]}x{max_size[1]} (the transformer's sample size), "
-            f"got {height}x{width}"
-        )
-    return errors

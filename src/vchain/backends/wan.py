@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain.backends._diffusers import DiffusersVideoGenerator
+from vchain.backends._diffusers import DiffusersVideoGenerator, frame_errors
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.tuning import FlowMatchingObjective, LoRAConfig, LoRATuner
@@ -46,15 +46,8 @@ class WanSamplingConfig(Config):
 
     def check(self, spatial_multiple: int = _SPATIAL, temporal_stride: int = _TEMPORAL) -> WanSamplingConfig:
         """Raise `ConfigurationError` for sizes the model cannot render (it would round them silently)."""
-        errors = [
-            f"{name} must be a multiple of {spatial_multiple}, got {getattr(self, name)}"
-            for name in ("height", "width")
-            if getattr(self, name) % spatial_multiple
-        ]
-        if (self.num_frames - 1) % temporal_stride:
-            errors.append(
-                f"num_frames must be {temporal_stride}k+1 (1, {1 + temporal_stride}, ..., 81), got {self.num_frames}"
-            )
+        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
+                              frame_stride=temporal_stride)  # fmt: skip
         if errors:
             raise ConfigurationError("invalid Wan sampling settings: " + "; ".join(errors))
         return self
@@ -134,11 +127,9 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         return FlowMatchingObjective(float(shift or 1.0))
 
     def check_frame(self, height: int, width: int) -> None:
-        multiple = self._multiples()[0]
-        bad = [f"{n} must be a multiple of {multiple}, got {v}" for n, v in (("height", height), ("width", width))
-               if not isinstance(v, int) or v <= 0 or v % multiple]  # fmt: skip
-        if bad:
-            raise ConfigurationError("invalid tuning size: " + "; ".join(bad))
+        errors = frame_errors(height, width, self._multiples()[0])
+        if errors:
+            raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
 
     @torch.no_grad()
     def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
