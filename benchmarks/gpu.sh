@@ -13,8 +13,9 @@
 #      the first-block step cache; $ATTENTION if set) on vchain and on stock diffusers; the ratios.
 #   2. Wan2.1-14B shapes: tuning memory and speed with gradient checkpointing ($TUNE_14B steps).
 #
-# The GPU machine has torch, transformers, peft and accelerate but not diffusers or pydantic: they
-# travel as wheels in .whl/ (8.8 MB). Fetch them once, here, in the repository's root:
+# A GPU machine without network access that has torch, transformers, peft and accelerate but not
+# diffusers or pydantic gets them as wheels in .whl/ (8.8 MB), fetched once where pip can reach PyPI, in
+# the repository's root:
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -22,9 +23,9 @@
 #       -d .whl diffusers==0.42.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
 #       typing-inspection==0.4.5
 #
-# then, through the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
-# Results (results.json with every repeat, results.md with the rows) go to $OUT, which the device tool
-# brings back, or to bench-gpu/ where OUT is unset.
+# then copy the repository with .whl/ to the GPU machine and run `bash benchmarks/gpu.sh` there (the
+# script installs the wheels it finds). Results (results.json with every repeat, results.md with the
+# rows) go to $OUT, or to bench-gpu/ where OUT is unset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -243,7 +243,7 @@ class VChainPipeline:
                         component.release()
             if "tuning" in stages:
                 out.adapter = self._tune_step(run, out.chain)
-            elif spec.tuning is False:
+            elif not spec.tuning:
                 run.skip("tuning", f"not part of {spec.name}")
             if "sampling" in stages:
                 if spec.render == "interpolator":
