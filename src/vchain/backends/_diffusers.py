@@ -296,6 +296,25 @@ class DiffusersVideoGenerator(TunableGenerator):
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         self.pipeline.set_progress_bar_config(**kwargs)
 
+    @property
+    @abstractmethod
+    def text_tokens(self) -> int:
+        """The text encoder's sequence length, in sampling and in tuning alike."""
+
+    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
+        ids = self.pipeline.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return len(ids), self.text_tokens
+
+    @torch.no_grad()
+    def encode_captions(self, captions) -> torch.Tensor:
+        """Caption embeddings exactly as sampling computes them (the pipeline's own `encode_prompt`)."""
+        with self.text_encoder_on_device():
+            embeds, _ = self.pipeline.encode_prompt(
+                list(captions), do_classifier_free_guidance=False, max_sequence_length=self.text_tokens,
+                device=self.device,
+            )  # fmt: skip
+        return embeds
+
     def sampling_config(self, **overrides: Any):
         """The sampling settings with `overrides` applied, checked against the model."""
         return self._checked(self.config.replace(**overrides))

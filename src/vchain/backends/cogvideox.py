@@ -165,10 +165,6 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
             max_sequence_length=self.text_tokens,
         )
 
-    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
-        ids = self.pipeline.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return len(ids), self.text_tokens
-
     # -- TunableGenerator
 
     def denoisers(self) -> list[torch.nn.Module]:
@@ -181,17 +177,6 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
         errors = frame_errors(height, width, self._spatial_multiple(), max_size=self._max_size())
         if errors:
             raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
-
-    @torch.no_grad()
-    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
-        with self.text_encoder_on_device():
-            embeds, _ = self.pipeline.encode_prompt(
-                list(captions),
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.text_tokens,
-                device=self.device,
-            )
-        return embeds
 
     @torch.no_grad()
     def encode_keyframes(self, images: Sequence[Image.Image], *, height: int, width: int) -> torch.Tensor:

@@ -102,9 +102,9 @@ class WanVideoGenerator(DiffusersVideoGenerator):
             max_sequence_length=config.max_sequence_length,
         )
 
-    def prompt_tokens(self, prompt: str) -> tuple[int, int]:
-        ids = self.pipeline.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return len(ids), self.config.max_sequence_length
+    @property
+    def text_tokens(self) -> int:
+        return self.config.max_sequence_length
 
     # -- TunableGenerator
 
@@ -130,17 +130,6 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         errors = frame_errors(height, width, self._multiples()[0])
         if errors:
             raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
-
-    @torch.no_grad()
-    def encode_captions(self, captions: Sequence[str]) -> torch.Tensor:
-        with self.text_encoder_on_device():
-            embeds, _ = self.pipeline.encode_prompt(
-                list(captions),
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.config.max_sequence_length,
-                device=self.device,
-            )
-        return embeds
 
     @torch.no_grad()
     def encode_keyframes(self, images: Sequence[Image.Image], *, height: int, width: int) -> torch.Tensor:
