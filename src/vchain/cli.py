@@ -452,11 +452,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_suite(args) -> int:
+    from vchain.cases import load_cases
     from vchain.run import check_output_dir
-    from vchain.suite import PAPER_CASES, parse_cases, run_suite
+    from vchain.suite import PAPER_CASES, parse_cases, parse_seeds, run_suite
 
     check_output_dir(args.output, create=False)
-    cases = parse_cases(args.cases) if args.cases is not None else list(range(len(PAPER_CASES)))
+    prompts = load_cases(args.prompts) if args.prompts is not None else PAPER_CASES
+    cases = parse_cases(args.cases, len(prompts)) if args.cases is not None else list(range(len(prompts)))
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and args.seed is not None:
+        raise ConfigurationError("--seed and --seeds do not go together: give the one seed as --seeds N")
     if args.demo:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
@@ -466,6 +471,7 @@ def cmd_suite(args) -> int:
         seed = 0 if args.seed is None else args.seed
 
         def make_pipeline():
+            # The tiny models' weights come from this seed; each run samples with its own (--seeds).
             return demo_pipeline(seed, steps=10)
     else:
         from vchain.pipeline import VChainPipeline
@@ -478,7 +484,7 @@ def cmd_suite(args) -> int:
             return VChainPipeline(*reasoning.build(), generator, tuner, reasoning=reasoning.config,
                                   release_between_stages=True)  # fmt: skip
 
-    runs = run_suite(make_pipeline, args.output, cases, args.variants, seed=seed)
+    runs = run_suite(make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds)
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
     return EXIT_OK
 
@@ -579,14 +585,25 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
 
     suite = commands.add_parser(
-        "suite", parents=[output], help="the paper's 20 cases x variants; shards under `accelerate launch`",
-        description="Run cases x variants into one tree and write summary.csv/.md. Under `accelerate launch "
-        "--num_processes N` each process takes its share.",
+        "suite", parents=[output], help="a prompt set's cases x variants x seeds; shards under `accelerate launch`",
+        description="Run cases x variants (x seeds) of a prompt set (the paper's 20 cases by default) into one "
+        "tree and write summary.csv/.md. Under `accelerate launch --num_processes N` each process takes its share.",
     )  # fmt: skip
     suite.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["vchain"], help=variants_help)
     suite.add_argument(
-        "--cases", default=None, help=f"comma-separated case numbers 0-{len(PAPER_CASES) - 1} (default: all)"
+        "--prompts", type=Path, default=None, metavar="FILE",
+        help=f"the prompt set: .txt (a prompt a line), .json/.jsonl (strings, or objects with caption, prompt or "
+        f"text: PhyGenBench's prompts.json as it is) or .csv (a caption or prompt column); other fields are kept "
+        f"as each case's meta (default: the paper's {len(PAPER_CASES)} cases)",
+    )  # fmt: skip
+    suite.add_argument(
+        "--cases", default=None, help="comma-separated case numbers, indices into the prompt set (default: all)"
     )
+    suite.add_argument(
+        "--seeds", default=None, metavar="S,S,...",
+        help="run every case and variant once per seed, each in <case>/<variant>/seed-<s> (default: one run with "
+        "--seed)",
+    )  # fmt: skip
     suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
     _add_reasoning(suite)
     _add_generator(suite)
