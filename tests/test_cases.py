@@ -55,7 +55,7 @@ def test_every_format_reads_the_same_prompts(tmp_path):
         ("p.json", '{"caption": "A."}', r"must hold a JSON list of prompts, got a dict"),
         ("p.json", "[", r"p\.json' is not valid JSON"),
         ("p.jsonl", '"A."\n{"caption": \n', r"p\.jsonl', line 2: not valid JSON"),
-        ("p.csv", "caption\nA.\n\"\"\n", r"line 3: the prompt must be non-empty text"),
+        ("p.csv", 'caption\nA.\n""\n', r"line 3: the prompt must be non-empty text"),
         ("p.csv", "caption,law\nA.,x,y\n", r"line 2: more cells than the header's 2"),
         ("p.jsonl", '{"caption": "A.", "id": "a"}\n{"caption": "B.", "id": "a"}\n', r"line 2: id 'a' is already"),
         ("p.txt", "\n\n", r"holds no prompt"),
