@@ -490,9 +490,12 @@ def cmd_suite(args) -> int:
 
 
 def cmd_judge(args) -> int:
+    from vchain.evaluation import check_options
     from vchain.judging import JudgingConfig, finished_runs, judge_runs
 
-    finished_runs(args.runs_dir)  # a bad folder fails before any key or model is needed
+    # A bad folder, meta key or labels file fails before any key or model is needed.
+    runs = finished_runs(args.runs_dir)
+    check_options(args.runs_dir, runs, baseline=args.baseline, by=args.by, labels=args.calibrate)
     config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
     kind, model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
     if kind == "openai":
@@ -503,9 +506,11 @@ def cmd_judge(args) -> int:
         from vchain.backends.transformers import TransformersJudge
 
         judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=_device(args.device))
-    result = judge_runs(args.runs_dir, judge, config)
+    result = judge_runs(args.runs_dir, judge, config, baseline=args.baseline, by=args.by, labels=args.calibrate)
     print(result.summary_md.read_text(encoding="utf-8").rstrip())
-    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json")
+    written = [result.summary_md, result.paired_md, result.calibration_md]
+    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json; "
+          f"{', '.join(path.name for path in written if path)} in {args.runs_dir}")  # fmt: skip
     return EXIT_OK
 
 
@@ -624,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge = commands.add_parser(
         "judge", parents=[common], help="score every finished run below a folder with a vision-language model",
         description="Score each finished run folder below RUNS_DIR on the six dimensions of the paper's study "
-        "into its scores.json (cached by judge and video), and write judge-summary.csv/.md into RUNS_DIR.",
+        "into its scores.json (cached by judge and video), and write judge-summary.csv/.md and "
+        "judge-paired.csv/.md (each variant against --baseline) into RUNS_DIR.",
     )  # fmt: skip
     judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     judge.add_argument("--judge", default="openai", help="openai (default) or transformers:ID_OR_DIR")
@@ -632,6 +638,20 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
     judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
     judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
+    judge.add_argument(
+        "--baseline", default="t2v", choices=list(VARIANTS),
+        help="the variant every other is compared with in judge-paired.csv/.md, on the same cases and seeds "
+        "(default: t2v)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--by", default=None, metavar="KEY",
+        help="also compare per value of this case meta key (a column of the --prompts file, e.g. main_category)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--calibrate", type=Path, default=None, metavar="LABELS.csv",
+        help="people's 1-5 scores (a run column, relative to RUNS_DIR, and a column per dimension): measure each "
+        "judge's agreement with them into judge-calibration.json/.md",
+    )  # fmt: skip
     _add_device(judge, "the local judge's device")
     judge.set_defaults(run=cmd_judge)
 
