@@ -514,6 +514,15 @@ def cmd_judge(args) -> int:
     return EXIT_OK
 
 
+def cmd_export(args) -> int:
+    from vchain.export import export_videos
+
+    exported = export_videos(args.runs_dir, args.output, args.layout, seed=args.seed)
+    variants = sorted({video.variant for video in exported})
+    print(f"{len(exported)} video(s) of {', '.join(variants)} copied to {args.output} in the {args.layout} layout")
+    return EXIT_OK
+
+
 def cmd_report(args) -> int:
     from vchain.report import write_report
 
@@ -654,6 +663,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_device(judge, "the local judge's device")
     judge.set_defaults(run=cmd_judge)
+
+    from vchain.export import LAYOUTS
+
+    export = commands.add_parser(
+        "export", parents=[common], help="copy a suite's videos into a benchmark's file layout",
+        description="Copy every finished run's video below RUNS_DIR into OUT, named as the benchmark's own "
+        "evaluator expects (" + "; ".join(layout.description for layout in LAYOUTS.values()) + "). Videos are "
+        "copied as they are; OUT/vchain-export.json says which run each file came from.",
+    )  # fmt: skip
+    export.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+    export.add_argument("--layout", required=True, choices=list(LAYOUTS), help="the benchmark's file naming")
+    export.add_argument("-o", "--output", type=_folder, required=True, metavar="OUT", help="the folder to fill")
+    export.add_argument("--seed", type=int, default=None, help="the seed to export (required with several)")
+    export.set_defaults(run=cmd_export)
 
     report = commands.add_parser(
         "report", parents=[common], help="one static HTML page comparing the variants of every case",
