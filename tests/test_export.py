@@ -64,7 +64,5 @@ def test_a_run_outside_a_suite_has_no_index_and_is_refused(suite, tmp_path):
     shutil.copytree(suite / "00_a_rock_falls" / "t2v" / "seed-0", run)
     manifest = read_manifest(run).model_copy(update={"case": None})
     _io.write_json(run / MANIFEST_FILE, manifest.model_dump(mode="json"))
-    with pytest.raises(
-        ConfigurationError, match=r"record no suite case, so their index in the prompt file"
-    ):
+    with pytest.raises(ConfigurationError, match=r"record no suite case, so their index in the prompt file"):
         export_videos(tmp_path / "tree", tmp_path / "out")
