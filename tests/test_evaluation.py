@@ -253,3 +253,55 @@ def test_a_labelled_run_twice_and_bad_options_are_refused(tree):
         judge_runs(tree, CachedJudge(), baseline="T2V")
     with pytest.raises(ConfigurationError, match=r"by must be a meta key .* got 'category'.*\['main_category'\]"):
         judge_runs(tree, CachedJudge(), by="category")
+
+
+def test_the_cli_judges_pairs_and_calibrates_a_suite_tree(tmp_path, capsys):
+    from PIL import Image
+
+    from vchain.cli import main
+    from vchain.testing import FakeOpenAIServer
+    from vchain.video import write_video
+
+    from .conftest import SCHEMA
+    from .test_judging import LEVELS, LookingJudge
+
+    root = tmp_path / "suite"
+    # The stand-in judge scores a video by its brightness: t2v 2 and 3, vchain 4 and 5 on the two cases.
+    for case, category in enumerate(("Mechanics", "Thermal")):
+        for variant, score in (("t2v", 2 + case), ("vchain", 4 + case)):
+            path = folder(root, variant, case, 0)
+            frames = [Image.new("RGB", (32, 32), (LEVELS[score],) * 3)] * 4
+            write_video(frames, path / VIDEO_FILE, fps=4)
+            record = CaseRecord(id=f"case-{case}", index=case, meta={"main_category": category}, seed=0)
+            done = Stages(reasoning=ReasoningRecord(status="done"), tuning=TuningRecord(status="done"),
+                          sampling=SamplingRecord(status="done", seed=0))  # fmt: skip
+            manifest = Manifest(prompt=f"Prompt {case}.", variant=variant, case=record, stages=done)
+            _io.write_json(path / MANIFEST_FILE, manifest.model_dump(mode="json"))
+    labels = labels_file(root, [["00_case_0/t2v/seed-0", 2], ["00_case_0/vchain/seed-0", 7]], ("run", "physics"))
+    with FakeOpenAIServer(LookingJudge(), schema_path=SCHEMA) as server:
+        judge = ["judge", str(root), "--base-url", server.base_url, "--by", "main_category"]
+        assert main([*judge, "--calibrate", str(labels)]) == 2
+        assert "line 3, column physics: a score must be an integer from 1 to 5 (or blank), got '7'" in (
+            capsys.readouterr().err
+        )
+        assert main([*judge, "--by", "category"]) == 2 and "by must be a meta key" in capsys.readouterr().err
+        assert server.requests == []  # refused before any request
+        rows = [["00_case_0/t2v/seed-0", 2], ["00_case_0/vchain/seed-0", 5], ["01_case_1/t2v/seed-0", 3],
+                ["01_case_1/vchain/seed-0", 4]]  # fmt: skip
+        labels = labels_file(root, rows, ("run", "physics"))
+        assert main([*judge, "--calibrate", str(labels)]) == 0
+        assert len(server.requests) == 4
+    out = capsys.readouterr().out
+    assert "judge-summary.md, judge-paired.md, judge-calibration.md in" in out
+    physics = {r["group"]: r for r in rows_of(root / PAIRED_CSV) if r["dimension"] == "physics"}
+    assert (physics[""]["mean_diff"], physics[""]["ci_low"], physics[""]["ci_high"]) == ("2.0", "2.0", "2.0")
+    assert (physics[""]["wins"], physics[""]["ties"], physics[""]["losses"]) == ("2", "0", "0")
+    assert physics["main_category=Thermal"]["note"] == "fewer than two cases: no interval"
+    calibration = json.loads((root / CALIBRATION_JSON).read_text())
+    (entry,) = calibration["judges"].values()
+    people, judged = [2, 5, 3, 4], [2, 4, 3, 5]
+    assert entry["dimensions"]["physics"]["pearson"]["value"] == pytest.approx(np.corrcoef(people, judged)[0, 1])
+    assert entry["dimensions"]["physics"]["kappa"]["value"] == pytest.approx(
+        kappa_by_the_book(np.array(people), np.array(judged))
+    )
+    assert entry["dimensions"]["causality"]["n"] == 0 and entry["dimensions"]["causality"]["pearson"]["value"] is None
