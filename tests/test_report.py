@@ -187,6 +187,7 @@ def test_report_shows_each_case_with_its_variants_keyframes_and_scores(suite, tm
         assert escape(scores.reason("causality")) in html
     assert html.count('<table class="scores">') == 4
     assert "gpt-4o (8 frames)" in html and "[" in html.split("Judge summary")[1].split("</table>")[0]
+    assert "Agreement with people: not measured. This judge is uncalibrated" in html
 
 
 def test_user_text_is_escaped(tmp_path):

@@ -110,6 +110,7 @@ TEMPLATE = """\
     </tr>
     {% endfor %}
   </table>
+  <p class="note">{{ agreements[judge] }}</p>
   {{ charts[judge] }}
   {% endfor %}
   <p class="note">Scores 1 to 5: the mean over cases (a case's seeds averaged first), in brackets its 95%
@@ -265,7 +266,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     """
     import jinja2
 
-    from vchain.evaluation import run_case
+    from vchain.evaluation import agreement_line, read_calibration, run_case
 
     root = check_root(root)
     output = Path(output_html).expanduser()
@@ -313,6 +314,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
         dimensions=[_Dimension(d, d.replace("_", " ")) for d in DIMENSIONS],
         summary=summary,
         charts={judge: chart(rows) for judge, rows in summary},
+        agreements={judge: agreement_line(judge, read_calibration(root)) for judge, _ in summary},
     )
     return _io.write_text(output, html)
 
