@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vchain import _io
+from vchain import _io, stats
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.chain import _Answer
 from vchain.config import Config, describe_errors
@@ -490,8 +490,6 @@ def bootstrap_ci(
 
     None with a single value: one value has no interval (a zero-width one would claim certainty).
     """
-    from vchain import stats
-
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ConfigurationError("values must hold at least one number, got none")
@@ -543,7 +541,6 @@ def summarize(runs: Sequence[FinishedRun], config: JudgingConfig | None = None) 
     means. Scores of an earlier video of a run are left out; the cost counts every request the judge's
     entries hold, those of earlier videos and failed tries included (they were paid for).
     """
-    from vchain import stats
     from vchain.evaluation import scored_runs
     from vchain.variants import VARIANTS
 
