@@ -436,8 +436,8 @@ def agreement_line(judge: str, calibration: dict[str, dict]) -> str:
     entry = calibration.get(judge)
     if entry is None:
         return (
-            "Agreement with people: not measured. This judge is uncalibrated until `vchain judge --calibrate "
-            "LABELS.csv` measures it; read its scores as a model's opinion."
+            "Agreement with people: not measured. This judge is uncalibrated until vchain judge --calibrate "
+            "LABELS.csv measures it; read its scores as a model's opinion."
         )
     parts = []
     for dimension, values in entry["dimensions"].items():

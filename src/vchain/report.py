@@ -384,7 +384,7 @@ def chart(rows: list[SummaryRow]) -> Markup:
     variants = [row for row in rows if row.estimates]
     if not variants:
         return Markup("")
-    top, plot_height, left, group_width = 16, 180, 36, max(72, 18 * len(variants) + 24)
+    top, plot_height, left, group_width = 16, 180, 36, max(112, 18 * len(variants) + 24)
     width, height = left + group_width * len(DIMENSIONS) + 8, top + plot_height + 40 + 18 * len(variants)
 
     def y(score: float) -> float:
