@@ -142,6 +142,11 @@ def test_paired_differences_match_numpy_and_scipy(tree):
         # One case (its seed 1 has no partner): a mean, no interval, and a note that says why.
         assert int(row["n"]) == 1 and float(row["mean_diff"]) == expected_pairs(dimension, cases=(5,))[0][1]
         assert row["ci_low"] == row["ci_high"] == "" and row["note"] == "fewer than two cases: no interval"
+    summary = {(r["variant"], r["group"]): r for r in rows_of(tree / SUMMARY_CSV)}
+    thermal = [SCORES["vchain", c, s]["physics"] for c in (3, 4) for s in SEEDS]
+    assert float(summary["vchain", "main_category=Thermal"]["physics_mean"]) == pytest.approx(np.mean(thermal))
+    assert (summary["vchain", "main_category=Thermal"]["n"], summary["t2v", "main_category=Optics"]["n"]) == ("4", "1")
+    assert "### main_category=Thermal" in (tree / SUMMARY_MD).read_text()
     markdown = (tree / PAIRED_MD).read_text()
     assert "### main_category=Optics" in markdown and "[—]" in markdown and "nan" not in markdown.lower()
     assert "Agreement with people: not measured" in markdown

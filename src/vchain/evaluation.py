@@ -178,18 +178,22 @@ def paired_comparison(
                 (s, partners[s.case, s.seed]) for s in mine if s.variant == variant and (s.case, s.seed) in partners
             ]
             groups: dict[str, list] = {"": pairs}
-            if by is not None:
-                for pair in pairs:
-                    if by in pair[0].meta:
-                        groups.setdefault(f"{by}={_text(pair[0].meta[by])}", []).append(pair)
+            for pair in pairs:
+                group = group_of(pair[0].meta, by)
+                if group is not None:
+                    groups.setdefault(group, []).append(pair)
             for group, members in groups.items():
                 for dimension in DIMENSIONS:
                     rows.append(_paired_row(mine[0].judge, variant, baseline, group, dimension, members, config))
     return rows
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+def group_of(meta: dict[str, Any], by: str | None) -> str | None:
+    """`"<by>=<value>"` for a case whose meta has the key `by`, else None."""
+    if by is None or by not in meta:
+        return None
+    value = meta[by]
+    return f"{by}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
 
 
 def _paired_row(judge, variant, baseline, group, dimension, pairs, config) -> PairedRow:

@@ -397,7 +397,7 @@ def judge_runs(
         result.calibration_json, result.calibration_md = evaluation.write_calibration(
             root, result.calibration, people, config
         )
-    result.summary = summarize(runs, config)
+    result.summary = summarize(runs, config, by)
     result.summary_csv, result.summary_md = write_judge_summary(root, result.summary, config)
     result.paired = evaluation.paired_comparison(scored, baseline, by, config)
     result.paired_csv, result.paired_md = evaluation.write_paired(root, result.paired, baseline, config)
@@ -511,7 +511,10 @@ class Estimate:
 
 @dataclass
 class SummaryRow:
-    """One judge's scores of one variant (n runs over `cases` cases and `seeds` seeds), and their cost."""
+    """One judge's scores of one variant (n runs over `cases` cases and `seeds` seeds), and their cost.
+
+    `group` is `""` for all the variant's runs, else `"<meta key>=<value>"` for those of one group.
+    """
 
     judge: str
     variant: str
@@ -522,6 +525,7 @@ class SummaryRow:
     output_tokens: int
     cases: int = 0
     seeds: int = 0
+    group: str = ""
 
     @property
     def note(self) -> str:
@@ -533,51 +537,62 @@ class SummaryRow:
         return "; ".join(notes)
 
 
-def summarize(runs: Sequence[FinishedRun], config: JudgingConfig | None = None) -> list[SummaryRow]:
+def summarize(
+    runs: Sequence[FinishedRun], config: JudgingConfig | None = None, by: str | None = None
+) -> list[SummaryRow]:
     """Per judge and variant, each dimension's `Estimate` over the runs the judge scored as they are now.
 
     A case run with several seeds counts once: its seeds' scores are averaged, the mean is over cases and
     the interval resamples cases; the spread between seeds is the standard deviation of the per-seed
     means. Scores of an earlier video of a run are left out; the cost counts every request the judge's
-    entries hold, those of earlier videos and failed tries included (they were paid for).
+    entries hold, those of earlier videos and failed tries included (they were paid for). With `by` (a
+    key of the cases' meta) each judge and variant also gets a row per value of that key (`group`).
     """
-    from vchain.evaluation import scored_runs
+    from vchain.evaluation import group_of, run_case, scored_runs
     from vchain.variants import VARIANTS
 
     config = config or JudgingConfig()
-    usage: dict[tuple[str, str], list[UsageSummary]] = {}
+    usage: dict[tuple[str, str], list[tuple[str | None, UsageSummary]]] = {}
     labels: dict[str, str] = {}
     for run in runs:
         try:
             entries = read_scores(run.path).entries
         except VChainError:
             continue  # scored_runs says why
+        group = group_of(run_case(run.manifest)[2], by)
         for entry in entries:
             labels.setdefault(entry.key, judge_label(entry))
-            usage.setdefault((entry.key, run.manifest.variant), []).append(entry.usage)
+            usage.setdefault((entry.key, run.manifest.variant), []).append((group, entry.usage))
     scored = scored_runs(runs)
     names, judges, variants = _unique(labels), list(labels), list(VARIANTS)
     rows = []
     for key, variant in sorted(usage, key=lambda kv: (judges.index(kv[0]), _rank(kv[1], variants))):
         mine = [s for s in scored if s.judge_key == key and s.variant == variant]
-        estimates = {}
-        for dimension in DIMENSIONS if mine else ():
-            by_case: dict[str, list[float]] = {}
-            by_seed: dict[int | None, list[float]] = {}
-            for s in mine:
-                by_case.setdefault(s.case, []).append(s.scores.score(dimension))
-                by_seed.setdefault(s.seed, []).append(s.scores.score(dimension))
-            case_means = [float(np.mean(v)) for v in by_case.values()]
-            ci = bootstrap_ci(case_means, resamples=config.bootstrap_resamples, seed=config.seed)
-            sd = stats.spread([np.mean(v) for v in by_seed.values()])
-            estimates[dimension] = Estimate(float(np.mean(case_means)), *(ci or (None, None)), seed_sd=sd)
-        paid = usage[(key, variant)]
-        rows.append(SummaryRow(
-            names[key], variant, len(mine), estimates, requests=sum(u.requests for u in paid),
-            input_tokens=sum(u.input_tokens for u in paid), output_tokens=sum(u.output_tokens for u in paid),
-            cases=len({s.case for s in mine}), seeds=len({s.seed for s in mine}),
-        ))  # fmt: skip
+        groups = ["", *sorted({g for g, _ in usage[key, variant] if g is not None})]
+        for group in groups:
+            members = [s for s in mine if not group or group_of(s.meta, by) == group]
+            paid = [u for g, u in usage[(key, variant)] if not group or g == group]
+            rows.append(_summary_row(names[key], variant, group, members, paid, config))
     return rows
+
+
+def _summary_row(judge: str, variant: str, group: str, scored: list, paid: list[UsageSummary], config) -> SummaryRow:
+    estimates = {}
+    for dimension in DIMENSIONS if scored else ():
+        by_case: dict[str, list[float]] = {}
+        by_seed: dict[int | None, list[float]] = {}
+        for s in scored:
+            by_case.setdefault(s.case, []).append(s.scores.score(dimension))
+            by_seed.setdefault(s.seed, []).append(s.scores.score(dimension))
+        case_means = [float(np.mean(v)) for v in by_case.values()]
+        ci = bootstrap_ci(case_means, resamples=config.bootstrap_resamples, seed=config.seed)
+        sd = stats.spread([np.mean(v) for v in by_seed.values()])
+        estimates[dimension] = Estimate(float(np.mean(case_means)), *(ci or (None, None)), seed_sd=sd)
+    return SummaryRow(
+        judge, variant, len(scored), estimates, requests=sum(u.requests for u in paid),
+        input_tokens=sum(u.input_tokens for u in paid), output_tokens=sum(u.output_tokens for u in paid),
+        cases=len({s.case for s in scored}), seeds=len({s.seed for s in scored}), group=group,
+    )  # fmt: skip
 
 
 def judge_label(entry: ScoreEntry) -> str:
@@ -597,7 +612,7 @@ def _rank(variant: str, order: list[str]) -> tuple[int, str]:
 
 
 SUMMARY_COLUMNS = (
-    "judge", "variant", "n", "cases", "seeds",
+    "judge", "variant", "group", "n", "cases", "seeds",
     *(f"{d}_{stat}" for d in DIMENSIONS for stat in ("mean", "ci_low", "ci_high", "seed_sd")),
     "requests", "input_tokens", "output_tokens", "note",
 )  # fmt: skip
@@ -620,7 +635,8 @@ def write_judge_summary(
                   for stat, attr in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high"),
                                      ("seed_sd", "seed_sd"))}  # fmt: skip
         writer.writerow({
-            "judge": row.judge, "variant": row.variant, "n": row.n, "cases": row.cases, "seeds": row.seeds, **values,
+            "judge": row.judge, "variant": row.variant, "group": row.group, "n": row.n, "cases": row.cases,
+            "seeds": row.seeds, **values,
             "requests": row.requests, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
             "note": row.note,
         })  # fmt: skip
@@ -639,13 +655,16 @@ def write_judge_summary(
     header = ["variant", "n", "cases", "seeds", *(_title(d) for d in DIMENSIONS), "requests", "input tokens",
               "output tokens"]  # fmt: skip
     for judge in dict.fromkeys(row.judge for row in rows):
-        lines += ["", f"## {judge}", "", agreement_line(judge, calibration), ""]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in (r for r in rows if r.judge == judge):
-            cells = [_summary_cell(row.estimates.get(d)) for d in DIMENSIONS]
-            values = [row.variant, row.n, row.cases, row.seeds, *cells, row.requests, row.input_tokens,
-                      row.output_tokens]  # fmt: skip
-            lines.append("| " + " | ".join(str(v) for v in values) + " |")
+        lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]
+        mine = [r for r in rows if r.judge == judge]
+        for group in dict.fromkeys(r.group for r in mine):
+            lines += ["", f"### {group}", ""] if group else [""]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for row in (r for r in mine if r.group == group):
+                cells = [_summary_cell(row.estimates.get(d)) for d in DIMENSIONS]
+                values = [row.variant, row.n, row.cases, row.seeds, *cells, row.requests, row.input_tokens,
+                          row.output_tokens]  # fmt: skip
+                lines.append("| " + " | ".join(str(v) for v in values) + " |")
     md_path = _io.write_text(root / SUMMARY_MD, "\n".join(lines) + "\n")
     return csv_path, md_path
 
