@@ -108,7 +108,7 @@ class Interval:
     note: str = ""
 
 
-def _case_interval(values: Sequence[tuple[str, float]], config: JudgingConfig) -> Interval:
+def case_mean_interval(values: Sequence[tuple[str, float]], config: JudgingConfig) -> Interval:
     """The mean over cases of each case's mean value, with a bootstrap interval over the cases."""
     by_case: dict[str, list[float]] = {}
     for case, value in values:
@@ -199,7 +199,7 @@ def group_of(meta: dict[str, Any], by: str | None) -> str | None:
 def _paired_row(judge, variant, baseline, group, dimension, pairs, config) -> PairedRow:
     diffs = [(a.case, a.scores.score(dimension) - b.scores.score(dimension)) for a, b in pairs]
     signs = np.sign([d for _, d in diffs])
-    difference = _case_interval(diffs, config)
+    difference = case_mean_interval(diffs, config)
     if not diffs:
         difference = Interval(None, note=f"no {variant} run has a {baseline} partner on the same case and seed")
     wins, ties, losses = (int(count) for count in ((signs > 0).sum(), (signs == 0).sum(), (signs < 0).sum()))

@@ -577,17 +577,16 @@ def summarize(
 
 
 def _summary_row(judge: str, variant: str, group: str, scored: list, paid: list[UsageSummary], config) -> SummaryRow:
+    from vchain.evaluation import case_mean_interval
+
     estimates = {}
     for dimension in DIMENSIONS if scored else ():
-        by_case: dict[str, list[float]] = {}
         by_seed: dict[int | None, list[float]] = {}
         for s in scored:
-            by_case.setdefault(s.case, []).append(s.scores.score(dimension))
             by_seed.setdefault(s.seed, []).append(s.scores.score(dimension))
-        case_means = [float(np.mean(v)) for v in by_case.values()]
-        ci = bootstrap_ci(case_means, resamples=config.bootstrap_resamples, seed=config.seed)
+        mean = case_mean_interval([(s.case, s.scores.score(dimension)) for s in scored], config)
         sd = stats.spread([np.mean(v) for v in by_seed.values()])
-        estimates[dimension] = Estimate(float(np.mean(case_means)), *(ci or (None, None)), seed_sd=sd)
+        estimates[dimension] = Estimate(mean.value, mean.low, mean.high, seed_sd=sd)
     return SummaryRow(
         judge, variant, len(scored), estimates, requests=sum(u.requests for u in paid),
         input_tokens=sum(u.input_tokens for u in paid), output_tokens=sum(u.output_tokens for u in paid),
