@@ -40,6 +40,7 @@ from vchain.judging import (
     VideoScores,
     _title,
     _unique,
+    bootstrap_ci,
     judge_label,
     read_scores,
 )
@@ -116,7 +117,7 @@ def case_mean_interval(values: Sequence[tuple[str, float]], config: JudgingConfi
     if not by_case:
         return Interval(None, note="no values")
     means = [float(np.mean(v)) for v in by_case.values()]
-    ci = stats.bootstrap_interval(stats.mean, means, resamples=config.bootstrap_resamples, seed=config.seed)
+    ci = bootstrap_ci(means, resamples=config.bootstrap_resamples, seed=config.seed)
     if ci is None:
         return Interval(float(np.mean(means)), note=NO_INTERVAL.format(what="cases"))
     return Interval(float(np.mean(means)), *ci)
