@@ -397,7 +397,7 @@ def judge_runs(
         result.calibration_json, result.calibration_md = evaluation.write_calibration(
             root, result.calibration, people, config
         )
-    result.summary = summarize(runs, config, by)
+    result.summary = summarize(runs, config, by, scored=scored)
     result.summary_csv, result.summary_md = write_judge_summary(root, result.summary, config)
     result.paired = evaluation.paired_comparison(scored, baseline, by, config)
     result.paired_csv, result.paired_md = evaluation.write_paired(root, result.paired, baseline, config)
@@ -538,7 +538,7 @@ class SummaryRow:
 
 
 def summarize(
-    runs: Sequence[FinishedRun], config: JudgingConfig | None = None, by: str | None = None
+    runs: Sequence[FinishedRun], config: JudgingConfig | None = None, by: str | None = None, *, scored=None
 ) -> list[SummaryRow]:
     """Per judge and variant, each dimension's `Estimate` over the runs the judge scored as they are now.
 
@@ -547,6 +547,7 @@ def summarize(
     means. Scores of an earlier video of a run are left out; the cost counts every request the judge's
     entries hold, those of earlier videos and failed tries included (they were paid for). With `by` (a
     key of the cases' meta) each judge and variant also gets a row per value of that key (`group`).
+    `scored` (`vchain.evaluation.scored_runs(runs)`, when the caller has it) saves hashing the videos again.
     """
     from vchain.evaluation import group_of, run_case, scored_runs
     from vchain.variants import VARIANTS
@@ -563,7 +564,7 @@ def summarize(
         for entry in entries:
             labels.setdefault(entry.key, judge_label(entry))
             usage.setdefault((entry.key, run.manifest.variant), []).append((group, entry.usage))
-    scored = scored_runs(runs)
+    scored = scored_runs(runs) if scored is None else scored
     names, judges, variants = _unique(labels), list(labels), list(VARIANTS)
     rows = []
     for key, variant in sorted(usage, key=lambda kv: (judges.index(kv[0]), _rank(kv[1], variants))):
