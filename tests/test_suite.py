@@ -66,3 +66,20 @@ def test_the_cli_refuses_bad_prompts_cases_and_seeds_before_any_work(tmp_path, c
     assert main(["suite", "-o", str(tmp_path / "suite"), "--demo", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "suite").exists()
+
+
+def test_the_cli_runs_a_prompt_file_with_seeds(tmp_path, monkeypatch, capsys):
+    import vchain.testing
+
+    # The CLI's own glue on the toy generator: --demo's tiny Wan would only make this slower.
+    monkeypatch.setattr(vchain.testing, "demo_pipeline", lambda seed, steps: VChainPipeline(generator=ToyGenerator()))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"caption": "A rock falls.", "law": "gravity"}\n{"caption": "Ice melts.", "law": "melting"}\n')
+    root = tmp_path / "suite"
+    args = ["suite", "-o", str(root), "--demo", "--prompts", str(prompts), "--cases", "1", "--variants", "t2v"]
+    assert main([*args, "--seeds", "2,5"]) == 0
+    assert "this process ran 2 run(s)" in capsys.readouterr().out
+    records = [read_manifest(root / "01_ice_melts" / "t2v" / f"seed-{s}").case for s in (2, 5)]
+    assert [(r.id, r.index, r.meta, r.seed) for r in records] == [
+        ("01", 1, {"law": "melting"}, 2), ("01", 1, {"law": "melting"}, 5),
+    ]  # fmt: skip
