@@ -254,11 +254,11 @@ def test_summary_gives_means_bootstrap_intervals_n_and_cost(tree, server, client
     assert (t2v["requests"], vchain["requests"]) == ("2", "3")
     assert int(t2v["input_tokens"]) > 0 and int(vchain["output_tokens"]) > 0
     markdown = (tree / SUMMARY_MD).read_text()
-    assert "| vchain | 3 | 4.33 [4.00, 5.00] |" in markdown and "10000 resamples" in markdown
+    assert "| vchain | 3 | 3 | 1 | 4.33 [4.00, 5.00] |" in markdown and "10000 resamples" in markdown
 
 
 def test_bootstrap_interval_is_seeded_and_matches_the_normal_approximation():
-    assert bootstrap_ci([4, 4, 4]) == (4.0, 4.0)
+    assert bootstrap_ci([4, 4, 4]) == (4.0, 4.0) and bootstrap_ci([4]) is None
     values = np.random.default_rng(1).integers(1, 6, 200)
     low, high = bootstrap_ci(values)
     assert bootstrap_ci(values) == (low, high) and bootstrap_ci(values, seed=1) != (low, high)

@@ -87,11 +87,19 @@ def check_page(page, problems, root: Path) -> None:
     videos = page.evaluate(
         "[...document.querySelectorAll('video')].map(v => [v.readyState, v.videoWidth, v.videoHeight])"
     )
-    images = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    images = page.evaluate(
+        "[...document.querySelectorAll('.keyframes img')].map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+    )
     assert len(videos) == 4 and all(state >= 2 and (w, h) == (64, 64) for state, w, h in videos)
     keyframes = [Image.open(p).size for p in sorted(root.glob("*/vchain/*.png"))]
     assert len(images) == len(keyframes) == 6
     assert sorted((w, h) for _, w, h in images) == sorted(keyframes) and all(done for done, _, _ in images)
+    # Under each run's scores, the 8 frames the judge saw (of the demo's 17), every one loaded.
+    seen = page.evaluate("[...document.querySelectorAll('.judge-frames')].map(s => [...s.querySelectorAll('img')]"
+                         ".map(i => [i.complete, i.naturalWidth, i.alt]))")  # fmt: skip
+    assert len(seen) == 4 and all(len(strip) == 8 for strip in seen)
+    assert all(done and width == 64 for strip in seen for done, width, _ in strip)
+    assert [alt for _, _, alt in seen[0]] == [f"frame {i} the judge saw" for i in (0, 2, 5, 7, 9, 11, 14, 16)]
     assert problems == []
     # They play: muted players may start without a user's gesture, and their clocks move.
     page.evaluate("Promise.all([...document.querySelectorAll('video')].map(v => v.play()))")
@@ -132,6 +140,40 @@ def test_report_plays_when_served(suite, browser):
             server.shutdown()
 
 
+def test_one_control_plays_and_scrubs_a_cases_variants_together(suite, browser):
+    write_report(suite, suite / "report.html")
+    page, problems = open_page(browser, (suite / "report.html").as_uri())
+    first, second = page.query_selector_all(".sync-group")
+    states = "g => [...g.querySelectorAll('video')].map(v => [v.paused, v.currentTime / v.duration])"
+    first.query_selector(".play").click()
+    page.wait_for_function("[...document.querySelector('.sync-group').querySelectorAll('video')]"
+                           ".every(v => !v.paused && v.currentTime > 0)")  # fmt: skip
+    assert all(paused for paused, _ in second.evaluate(states))  # another case's row is left alone
+    first.query_selector(".play").click()
+    assert all(paused for paused, _ in first.evaluate(states))
+    first.query_selector(".scrub").evaluate("s => { s.value = 600; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("[...document.querySelector('.sync-group').querySelectorAll('video')]"
+                           ".every(v => !v.seeking)")  # fmt: skip
+    assert [round(fraction, 2) for _, fraction in first.evaluate(states)] == [0.6, 0.6]
+    assert problems == []
+    page.close()
+
+
+def test_the_summary_chart_draws_each_variants_means_and_intervals(suite, tmp_path):
+    html = write_report(suite, tmp_path / "report.html").read_text()
+    svg = html.split('<svg class="chart"')[1].split("</svg>")[0]
+    assert svg.count('<g class="estimate">') == 12 and svg.count('class="interval"') == 12  # 2 variants x 6
+    rows = {row.variant: row for row in summarize_suite(suite)}
+    e = rows["vchain"].estimates["physics"]
+    assert f"vchain, physics: {e.mean:.2f} [{e.low:.2f}, {e.high:.2f}]" in svg
+
+
+def summarize_suite(root):
+    from vchain.judging import finished_runs, summarize
+
+    return summarize(finished_runs(root))
+
+
 def test_report_shows_each_case_with_its_variants_keyframes_and_scores(suite, tmp_path):
     html = write_report(suite, tmp_path / "report.html").read_text()
     assert str(tmp_path) not in html and "file:" not in html  # relative links only
@@ -145,6 +187,7 @@ def test_report_shows_each_case_with_its_variants_keyframes_and_scores(suite, tm
         assert escape(scores.reason("causality")) in html
     assert html.count('<table class="scores">') == 4
     assert "gpt-4o (8 frames)" in html and "[" in html.split("Judge summary")[1].split("</table>")[0]
+    assert "Agreement with people: not measured. This judge is uncalibrated" in html
 
 
 def test_user_text_is_escaped(tmp_path):
@@ -155,7 +198,8 @@ def test_user_text_is_escaped(tmp_path):
     chain.images = [draw_image("a", 32, 32), draw_image("b", 32, 32)]
     chain.save(folder)
     html = write_report(tmp_path / "runs", tmp_path / "report.html").read_text()
-    assert "<script>" not in html and "&lt;script&gt;" in html and "&amp; a rock" in html
+    # The page's one script is its own (the sync control); the prompt's is text.
+    assert html.count("<script>") == 1 and "&lt;script&gt;" in html and "&amp; a rock" in html
     assert "<b>bold" not in html and "<img src=x" not in html and "&lt;img src=x onerror" in html
 
 
@@ -166,3 +210,16 @@ def test_a_missing_folder_an_empty_one_or_a_folder_as_output_are_refused(suite, 
         write_report(tmp_path, tmp_path / "r.html")
     with pytest.raises(ConfigurationError, match="is a folder"):
         write_report(suite, tmp_path)
+
+
+def test_each_seed_of_a_case_is_its_own_row_with_its_own_control(tmp_path):
+    from vchain.pipeline import VChainPipeline
+    from vchain.testing.toy import ToyGenerator
+
+    root = tmp_path / "suite"
+    run_suite(lambda: VChainPipeline(generator=ToyGenerator()), root, [0], ["t2v"], prompts=["A rock falls."],
+              seeds=[0, 1])  # fmt: skip
+    html = write_report(root, tmp_path / "report.html").read_text()
+    assert html.count('<section class="case">') == 1 and html.count('<div class="sync-group">') == 2
+    assert '<p class="seed">seed 0</p>' in html and '<p class="seed">seed 1</p>' in html
+    assert "t2v/seed-0/video.mp4" in html and "t2v/seed-1/video.mp4" in html

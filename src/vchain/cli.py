@@ -457,11 +457,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_suite(args) -> int:
+    from vchain.cases import load_cases
     from vchain.run import check_output_dir
-    from vchain.suite import PAPER_CASES, parse_cases, run_suite
+    from vchain.suite import PAPER_CASES, parse_cases, parse_seeds, run_suite
 
     check_output_dir(args.output, create=False)
-    cases = parse_cases(args.cases) if args.cases is not None else list(range(len(PAPER_CASES)))
+    prompts = load_cases(args.prompts) if args.prompts is not None else PAPER_CASES
+    cases = parse_cases(args.cases, len(prompts)) if args.cases is not None else list(range(len(prompts)))
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if seeds is not None and args.seed is not None:
+        raise ConfigurationError("--seed and --seeds do not go together: give the one seed as --seeds N")
     if args.demo:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
@@ -471,6 +476,7 @@ def cmd_suite(args) -> int:
         seed = 0 if args.seed is None else args.seed
 
         def make_pipeline():
+            # The tiny models' weights come from this seed; each run samples with its own (--seeds).
             return demo_pipeline(seed, steps=10)
     else:
         from vchain.pipeline import VChainPipeline
@@ -483,15 +489,18 @@ def cmd_suite(args) -> int:
             return VChainPipeline(*reasoning.build(), generator, tuner, reasoning=reasoning.config,
                                   release_between_stages=True)  # fmt: skip
 
-    runs = run_suite(make_pipeline, args.output, cases, args.variants, seed=seed)
+    runs = run_suite(make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds)
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
     return EXIT_OK
 
 
 def cmd_judge(args) -> int:
+    from vchain.evaluation import check_options
     from vchain.judging import JudgingConfig, finished_runs, judge_runs
 
-    finished_runs(args.runs_dir)  # a bad folder fails before any key or model is needed
+    # A bad folder, meta key or labels file fails before any key or model is needed.
+    runs = finished_runs(args.runs_dir)
+    check_options(args.runs_dir, runs, baseline=args.baseline, by=args.by, labels=args.calibrate)
     config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
     kind, model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
     if kind == "openai":
@@ -502,9 +511,20 @@ def cmd_judge(args) -> int:
         from vchain.backends.transformers import TransformersJudge
 
         judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=_device(args.device))
-    result = judge_runs(args.runs_dir, judge, config)
+    result = judge_runs(args.runs_dir, judge, config, baseline=args.baseline, by=args.by, labels=args.calibrate)
     print(result.summary_md.read_text(encoding="utf-8").rstrip())
-    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json")
+    written = [result.summary_md, result.paired_md, result.calibration_md]
+    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json; "
+          f"{', '.join(path.name for path in written if path)} in {args.runs_dir}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from vchain.export import export_videos
+
+    exported = export_videos(args.runs_dir, args.output, args.layout, seed=args.seed)
+    variants = sorted({video.variant for video in exported})
+    print(f"{len(exported)} video(s) of {', '.join(variants)} copied to {args.output} in the {args.layout} layout")
     return EXIT_OK
 
 
@@ -584,14 +604,25 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
 
     suite = commands.add_parser(
-        "suite", parents=[output], help="the paper's 20 cases x variants; shards under `accelerate launch`",
-        description="Run cases x variants into one tree and write summary.csv/.md. Under `accelerate launch "
-        "--num_processes N` each process takes its share.",
+        "suite", parents=[output], help="a prompt set's cases x variants x seeds; shards under `accelerate launch`",
+        description="Run cases x variants (x seeds) of a prompt set (the paper's 20 cases by default) into one "
+        "tree and write summary.csv/.md. Under `accelerate launch --num_processes N` each process takes its share.",
     )  # fmt: skip
     suite.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["vchain"], help=variants_help)
     suite.add_argument(
-        "--cases", default=None, help=f"comma-separated case numbers 0-{len(PAPER_CASES) - 1} (default: all)"
+        "--prompts", type=Path, default=None, metavar="FILE",
+        help=f"the prompt set: .txt (a prompt a line), .json/.jsonl (strings, or objects with caption, prompt or "
+        f"text: PhyGenBench's prompts.json as it is) or .csv (a caption or prompt column); other fields are kept "
+        f"as each case's meta (default: the paper's {len(PAPER_CASES)} cases)",
+    )  # fmt: skip
+    suite.add_argument(
+        "--cases", default=None, help="comma-separated case numbers, indices into the prompt set (default: all)"
     )
+    suite.add_argument(
+        "--seeds", default=None, metavar="S,S,...",
+        help="run every case and variant once per seed, each in <case>/<variant>/seed-<s> (default: one run with "
+        "--seed)",
+    )  # fmt: skip
     suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
     _add_reasoning(suite)
     _add_generator(suite)
@@ -612,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge = commands.add_parser(
         "judge", parents=[common], help="score every finished run below a folder with a vision-language model",
         description="Score each finished run folder below RUNS_DIR on the six dimensions of the paper's study "
-        "into its scores.json (cached by judge and video), and write judge-summary.csv/.md into RUNS_DIR.",
+        "into its scores.json (cached by judge and video), and write judge-summary.csv/.md and "
+        "judge-paired.csv/.md (each variant against --baseline) into RUNS_DIR.",
     )  # fmt: skip
     judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     judge.add_argument("--judge", default="openai", help="openai (default) or transformers:ID_OR_DIR")
@@ -620,8 +652,36 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
     judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
     judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
+    judge.add_argument(
+        "--baseline", default="t2v", choices=list(VARIANTS),
+        help="the variant every other is compared with in judge-paired.csv/.md, on the same cases and seeds "
+        "(default: t2v)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--by", default=None, metavar="KEY",
+        help="also compare per value of this case meta key (a column of the --prompts file, e.g. main_category)",
+    )  # fmt: skip
+    judge.add_argument(
+        "--calibrate", type=Path, default=None, metavar="LABELS.csv",
+        help="people's 1-5 scores (a run column, relative to RUNS_DIR, and a column per dimension): measure each "
+        "judge's agreement with them into judge-calibration.json/.md",
+    )  # fmt: skip
     _add_device(judge, "the local judge's device")
     judge.set_defaults(run=cmd_judge)
+
+    from vchain.export import LAYOUTS
+
+    export = commands.add_parser(
+        "export", parents=[common], help="copy a suite's videos into a benchmark's file layout",
+        description="Copy every finished run's video below RUNS_DIR into OUT, named as the benchmark's own "
+        "evaluator expects (" + "; ".join(layout.description for layout in LAYOUTS.values()) + "). Videos are "
+        "copied as they are; OUT/vchain-export.json says which run each file came from.",
+    )  # fmt: skip
+    export.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+    export.add_argument("--layout", required=True, choices=list(LAYOUTS), help="the benchmark's file naming")
+    export.add_argument("-o", "--output", type=_folder, required=True, metavar="OUT", help="the folder to fill")
+    export.add_argument("--seed", type=int, default=None, help="the seed to export (required with several)")
+    export.set_defaults(run=cmd_export)
 
     report = commands.add_parser(
         "report", parents=[common], help="one static HTML page comparing the variants of every case",

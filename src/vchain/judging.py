@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vchain import _io
+from vchain import _io, stats
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.chain import _Answer
 from vchain.config import Config, describe_errors
@@ -327,12 +327,22 @@ class JudgedRun:
 
 @dataclass
 class JudgingResult:
-    """What `judge_runs` did: a `JudgedRun` per finished run, the summary rows and the files written."""
+    """What `judge_runs` did: a `JudgedRun` per finished run, the summary rows and the files written.
+
+    `paired` holds the rows of `judge-paired.csv`; `calibration` those of `judge-calibration.json` when
+    labels were given (else it is empty and the calibration paths are None).
+    """
 
     runs: list[JudgedRun]
     summary: list[SummaryRow]
     summary_csv: Path
     summary_md: Path
+    paired: list = field(default_factory=list)
+    paired_csv: Path | None = None
+    paired_md: Path | None = None
+    calibration: list = field(default_factory=list)
+    calibration_json: Path | None = None
+    calibration_md: Path | None = None
 
     @property
     def usage(self) -> UsageSummary:
@@ -345,33 +355,60 @@ def judge_identity(judge: Judge, config: JudgingConfig) -> dict[str, Any]:
     return {"judge": judge.describe(), "frames": config.frames}
 
 
-def judge_runs(root: str | Path, judge: Judge, config: JudgingConfig | None = None) -> JudgingResult:
-    """Score every finished run below `root` into its `scores.json`, then write the summary into `root`.
+def judge_runs(
+    root: str | Path,
+    judge: Judge,
+    config: JudgingConfig | None = None,
+    *,
+    baseline: str = "t2v",
+    by: str | None = None,
+    labels: str | Path | None = None,
+) -> JudgingResult:
+    """Score every finished run below `root` into its `scores.json`, then write the summaries into `root`.
+
+    Besides `judge-summary.csv/.md`, `judge-paired.csv/.md` compares each variant with `baseline` on the
+    same cases and seeds (with rows per value of the case meta key `by` too), and with `labels` (a CSV of
+    people's 1-5 scores, see `vchain.evaluation.read_labels`) `judge-calibration.json/.md` measures each
+    judge's agreement with people. `baseline`, `by` and `labels` are checked before any request.
 
     A run this judge already scored with the same video is not asked again. A run the judge fails on
     (a refusal, a server error, malformed answers `max_attempts` times) keeps its failed attempts in
-    `scores.json` and is tried again next time; the other runs go on, and once the summary of the
-    others is written a `StageError` names the failures.
+    `scores.json` and is tried again next time; the other runs go on, and once the summaries of the
+    others are written a `StageError` names the failures.
 
     Raises:
-        ConfigurationError: `root` does not exist or holds no finished run, or `judge` is not a `Judge`.
+        ConfigurationError: `root` does not exist or holds no finished run, `judge` is not a `Judge`,
+            `baseline` is not a variant, no finished run's case has the meta key `by`, or `labels` is
+            malformed (naming the line and the value).
     """
+    from vchain import evaluation
+
     if not isinstance(judge, Judge):
         raise ConfigurationError(f"judge must be a vchain.interfaces.Judge, got {type(judge).__name__}")
     config = config or JudgingConfig()
     runs = finished_runs(root)
+    people = evaluation.check_options(root, runs, baseline=baseline, by=by, labels=labels)
     identity = judge_identity(judge, config)
     judged = [_judge_run(run, judge, config, identity) for run in runs]
-    summary = summarize(runs, config)
-    csv_path, md_path = write_judge_summary(root, summary, config)
+    scored = evaluation.scored_runs(runs)
+    result = JudgingResult(judged, [], Path(root) / SUMMARY_CSV, Path(root) / SUMMARY_MD)
+    if people is not None:
+        result.calibration = evaluation.calibrate(scored, people, config)
+        result.calibration_json, result.calibration_md = evaluation.write_calibration(
+            root, result.calibration, people, config
+        )
+    result.summary = summarize(runs, config, by, scored=scored)
+    result.summary_csv, result.summary_md = write_judge_summary(root, result.summary, config)
+    result.paired = evaluation.paired_comparison(scored, baseline, by, config)
+    result.paired_csv, result.paired_md = evaluation.write_paired(root, result.paired, baseline, config)
     failed = [run for run in judged if run.error]
     if failed:
         raise StageError(
             f"{len(failed)} of {len(judged)} runs could not be judged ({failed[0].path}: {failed[0].error}); "
-            f"their attempts are in their {SCORES_FILE}, and the summary covers the others",
+            f"their attempts are in their {SCORES_FILE}, and the summaries cover the others",
             stage="judging",
         )
-    return JudgingResult(judged, summary, csv_path, md_path)
+    return result
 
 
 def _judge_run(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: dict) -> JudgedRun:
@@ -448,29 +485,36 @@ def _ask(judge: Judge, run: FinishedRun, config: JudgingConfig, meter: UsageMete
 
 def bootstrap_ci(
     values: Sequence[float], *, resamples: int = 10_000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """The percentile-bootstrap confidence interval of the mean of `values`, repeatable for a seed."""
+) -> tuple[float, float] | None:
+    """The percentile-bootstrap confidence interval of the mean of `values`, repeatable for a seed.
+
+    None with a single value: one value has no interval (a zero-width one would claim certainty).
+    """
     data = np.asarray(values, dtype=float)
     if data.size == 0:
         raise ConfigurationError("values must hold at least one number, got none")
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    return stats.bootstrap_interval(stats.mean, data, resamples=resamples, seed=seed, level=level)
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A dimension's mean score over runs and its 95% bootstrap confidence interval."""
+    """A dimension's mean score over cases, its 95% bootstrap interval and the spread between seeds.
+
+    `low`/`high` are None with fewer than two cases, `seed_sd` with fewer than two seeds.
+    """
 
     mean: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
+    seed_sd: float | None = None
 
 
 @dataclass
 class SummaryRow:
-    """One judge's scores of one variant (n runs), and what the judge cost on those runs."""
+    """One judge's scores of one variant (n runs over `cases` cases and `seeds` seeds), and their cost.
+
+    `group` is `""` for all the variant's runs, else `"<meta key>=<value>"` for those of one group.
+    """
 
     judge: str
     variant: str
@@ -479,49 +523,76 @@ class SummaryRow:
     requests: int
     input_tokens: int
     output_tokens: int
+    cases: int = 0
+    seeds: int = 0
+    group: str = ""
+
+    @property
+    def note(self) -> str:
+        """Why an interval or a spread is missing."""
+        if self.n == 0:
+            return "no run scored"
+        notes = ["fewer than two cases: no interval"] if self.cases < 2 else []
+        notes += ["one seed: no spread between seeds"] if self.seeds < 2 else []
+        return "; ".join(notes)
 
 
-def summarize(runs: Sequence[FinishedRun], config: JudgingConfig | None = None) -> list[SummaryRow]:
+def summarize(
+    runs: Sequence[FinishedRun], config: JudgingConfig | None = None, by: str | None = None, *, scored=None
+) -> list[SummaryRow]:
     """Per judge and variant, each dimension's `Estimate` over the runs the judge scored as they are now.
 
-    Scores of an earlier video of a run are left out; the cost counts every request the judge's entries
-    hold, those of earlier videos and failed tries included (they were paid for).
+    A case run with several seeds counts once: its seeds' scores are averaged, the mean is over cases and
+    the interval resamples cases; the spread between seeds is the standard deviation of the per-seed
+    means. Scores of an earlier video of a run are left out; the cost counts every request the judge's
+    entries hold, those of earlier videos and failed tries included (they were paid for). With `by` (a
+    key of the cases' meta) each judge and variant also gets a row per value of that key (`group`).
+    `scored` (`vchain.evaluation.scored_runs(runs)`, when the caller has it) saves hashing the videos again.
     """
+    from vchain.evaluation import group_of, run_case, scored_runs
     from vchain.variants import VARIANTS
 
     config = config or JudgingConfig()
-    groups: dict[tuple[str, str], dict] = {}
+    usage: dict[tuple[str, str], list[tuple[str | None, UsageSummary]]] = {}
     labels: dict[str, str] = {}
     for run in runs:
         try:
-            scores_file = read_scores(run.path)
-        except VChainError as e:
-            logger.warning("Leaving %s out of the summary: %s", run.path, e)
-            continue
-        current = {entry.key for entry in scores_file.current(file_digest(run.video))}
-        for entry in scores_file.entries:
+            entries = read_scores(run.path).entries
+        except VChainError:
+            continue  # scored_runs says why
+        group = group_of(run_case(run.manifest)[2], by)
+        for entry in entries:
             labels.setdefault(entry.key, judge_label(entry))
-            group = groups.setdefault((entry.key, run.manifest.variant), {"scores": [], "usage": []})
-            group["usage"].append(entry.usage)
-            if entry.key in current:
-                group["scores"].append(entry.scores)
+            usage.setdefault((entry.key, run.manifest.variant), []).append((group, entry.usage))
+    scored = scored_runs(runs) if scored is None else scored
     names, judges, variants = _unique(labels), list(labels), list(VARIANTS)
     rows = []
-    for key, variant in sorted(groups, key=lambda kv: (judges.index(kv[0]), _rank(kv[1], variants))):
-        group = groups[(key, variant)]
-        scored: list[VideoScores] = group["scores"]
-        estimates = {}
-        for dimension in DIMENSIONS if scored else ():
-            values = [s.score(dimension) for s in scored]
-            low, high = bootstrap_ci(values, resamples=config.bootstrap_resamples, seed=config.seed)
-            estimates[dimension] = Estimate(float(np.mean(values)), low, high)
-        usage: list[UsageSummary] = group["usage"]
-        rows.append(SummaryRow(
-            names[key], variant, len(scored), estimates, requests=sum(u.requests for u in usage),
-            input_tokens=sum(u.input_tokens for u in usage),
-            output_tokens=sum(u.output_tokens for u in usage),
-        ))  # fmt: skip
+    for key, variant in sorted(usage, key=lambda kv: (judges.index(kv[0]), _rank(kv[1], variants))):
+        mine = [s for s in scored if s.judge_key == key and s.variant == variant]
+        groups = ["", *sorted({g for g, _ in usage[key, variant] if g is not None})]
+        for group in groups:
+            members = [s for s in mine if not group or group_of(s.meta, by) == group]
+            paid = [u for g, u in usage[(key, variant)] if not group or g == group]
+            rows.append(_summary_row(names[key], variant, group, members, paid, config))
     return rows
+
+
+def _summary_row(judge: str, variant: str, group: str, scored: list, paid: list[UsageSummary], config) -> SummaryRow:
+    from vchain.evaluation import case_mean_interval
+
+    estimates = {}
+    for dimension in DIMENSIONS if scored else ():
+        by_seed: dict[int | None, list[float]] = {}
+        for s in scored:
+            by_seed.setdefault(s.seed, []).append(s.scores.score(dimension))
+        mean = case_mean_interval([(s.case, s.scores.score(dimension)) for s in scored], config)
+        sd = stats.spread([np.mean(v) for v in by_seed.values()])
+        estimates[dimension] = Estimate(mean.value, mean.low, mean.high, seed_sd=sd)
+    return SummaryRow(
+        judge, variant, len(scored), estimates, requests=sum(u.requests for u in paid),
+        input_tokens=sum(u.input_tokens for u in paid), output_tokens=sum(u.output_tokens for u in paid),
+        cases=len({s.case for s in scored}), seeds=len({s.seed for s in scored}), group=group,
+    )  # fmt: skip
 
 
 def judge_label(entry: ScoreEntry) -> str:
@@ -541,45 +612,65 @@ def _rank(variant: str, order: list[str]) -> tuple[int, str]:
 
 
 SUMMARY_COLUMNS = (
-    "judge", "variant", "n",
-    *(f"{d}_{stat}" for d in DIMENSIONS for stat in ("mean", "ci_low", "ci_high")),
-    "requests", "input_tokens", "output_tokens",
+    "judge", "variant", "group", "n", "cases", "seeds",
+    *(f"{d}_{stat}" for d in DIMENSIONS for stat in ("mean", "ci_low", "ci_high", "seed_sd")),
+    "requests", "input_tokens", "output_tokens", "note",
 )  # fmt: skip
 
 
 def write_judge_summary(
     root: str | Path, rows: Sequence[SummaryRow], config: JudgingConfig | None = None
 ) -> tuple[Path, Path]:
-    """`judge-summary.csv` (a row per judge and variant) and `judge-summary.md` (a table per judge)."""
+    """`judge-summary.csv` (a row per judge and variant, full precision) and `judge-summary.md` (a table per
+    judge, named with its agreement with people where `judge-calibration.json` measured it)."""
+    from vchain.evaluation import agreement_line, read_calibration
+
     config = config or JudgingConfig()
     root = Path(root)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        values = {f"{d}_{stat}": round(getattr(e, attr), 3) for d, e in row.estimates.items()
-                  for stat, attr in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high"))}  # fmt: skip
+        values = {f"{d}_{stat}": getattr(e, attr) for d, e in row.estimates.items()
+                  for stat, attr in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high"),
+                                     ("seed_sd", "seed_sd"))}  # fmt: skip
         writer.writerow({
-            "judge": row.judge, "variant": row.variant, "n": row.n, **values, "requests": row.requests,
-            "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
+            "judge": row.judge, "variant": row.variant, "group": row.group, "n": row.n, "cases": row.cases,
+            "seeds": row.seeds, **values,
+            "requests": row.requests, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
+            "note": row.note,
         })  # fmt: skip
     csv_path = _io.write_text(root / SUMMARY_CSV, buffer.getvalue())
 
+    calibration = read_calibration(root)
     lines = [
         "# Judge summary",
         "",
-        "Scores from 1 to 5 per variant: the mean over its n runs, and in brackets a 95% confidence "
-        f"interval (percentile bootstrap, {config.bootstrap_resamples} resamples of the runs, "
-        f"seed {config.seed}). The cost is every request the judge sent for those runs, retries included.",
+        "Scores from 1 to 5 per variant: the mean over its cases (a case's seeds averaged first), in brackets "
+        f"a 95% confidence interval (percentile bootstrap, {config.bootstrap_resamples} resamples of the "
+        f"cases, seed {config.seed}; [—]: fewer than two cases, no interval), and with several seeds sd, the "
+        "standard deviation between the seeds' means. The cost is every request the judge sent for those "
+        "runs, retries included.",
     ]
-    header = ["variant", "n", *(_title(d) for d in DIMENSIONS), "requests", "input tokens", "output tokens"]
+    header = ["variant", "n", "cases", "seeds", *(_title(d) for d in DIMENSIONS), "requests", "input tokens",
+              "output tokens"]  # fmt: skip
     for judge in dict.fromkeys(row.judge for row in rows):
-        lines += ["", f"## {judge}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in (r for r in rows if r.judge == judge):
-            cells = [
-                f"{e.mean:.2f} [{e.low:.2f}, {e.high:.2f}]" if (e := row.estimates.get(d)) else "-" for d in DIMENSIONS
-            ]
-            values = [row.variant, row.n, *cells, row.requests, row.input_tokens, row.output_tokens]
-            lines.append("| " + " | ".join(str(v) for v in values) + " |")
+        lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]
+        mine = [r for r in rows if r.judge == judge]
+        for group in dict.fromkeys(r.group for r in mine):
+            lines += ["", f"### {group}", ""] if group else [""]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for row in (r for r in mine if r.group == group):
+                cells = [_summary_cell(row.estimates.get(d)) for d in DIMENSIONS]
+                values = [row.variant, row.n, row.cases, row.seeds, *cells, row.requests, row.input_tokens,
+                          row.output_tokens]  # fmt: skip
+                lines.append("| " + " | ".join(str(v) for v in values) + " |")
     md_path = _io.write_text(root / SUMMARY_MD, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _summary_cell(e: Estimate | None) -> str:
+    if e is None:
+        return "-"
+    cell = f"{e.mean:.2f} " + ("[—]" if e.low is None else f"[{e.low:.2f}, {e.high:.2f}]")
+    return cell if e.seed_sd is None else f"{cell} sd {e.seed_sd:.2f}"

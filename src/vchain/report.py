@@ -1,10 +1,13 @@
 """A static HTML page comparing a suite's variants side by side: videos, keyframes, captions, scores.
 
-`write_report(root, output_html)` reads every run folder below `root` and writes one self-contained
-page (inline style, no script, nothing fetched from the network) that links the videos and keyframes
-by relative paths: it works opened from disk, served by any static server, or copied together with
-the runs. Each case (prompt) is a row; its variants are columns in the order of the paper's Table 1.
-Prompts, captions and reasons are user or model text, so the template escapes everything it prints.
+`write_report(root, output_html)` reads every run folder below `root` and writes one page (inline style,
+a few lines of inline script, nothing fetched from the network) that links the videos and keyframes by
+relative paths: it works opened from disk, served by any static server, or copied together with the runs.
+Each case (with several seeds: each case and seed) is a row; its variants are columns in the order of the
+paper's Table 1, and one control plays, pauses and scrubs all of the row's videos together. Under each
+judge's scores are the frames that judge saw (thumbnails written to `<page>_files/` beside the page), and
+the judge summary is drawn as a chart: per dimension, each variant's mean with its 95% interval (inline
+SVG). Prompts, captions and reasons are user or model text, so the template escapes everything it prints.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from markupsafe import Markup, escape
+
 from vchain import _io
 from vchain.chain import CHAIN_FILE, ThoughtChain
 from vchain.errors import ConfigurationError, VChainError
@@ -24,14 +29,18 @@ from vchain.judging import (
     SummaryRow,
     VideoScores,
     check_root,
+    frame_indices,
     judge_label,
     read_scores,
     summarize,
 )
 from vchain.run import VIDEO_FILE, file_digest, iter_runs, read_manifest
 from vchain.variants import VARIANTS
+from vchain.video import read_video
 
 logger = logging.getLogger(__name__)
+
+THUMBNAIL_WIDTH = 160  # the frames the judge saw, shown in a strip under its scores
 
 TEMPLATE = """\
 <!doctype html>
@@ -66,6 +75,12 @@ TEMPLATE = """\
   .score { font-weight: 600; text-align: center; }
   .score-1, .score-2 { background: #f6d5d5; } .score-3 { background: #f6efcf; }
   .score-4, .score-5 { background: #d8f0dc; }
+  .sync { display: flex; gap: .5rem; align-items: center; margin: 0 0 .75rem; }
+  .sync input { flex: 1; max-width: 480px; }
+  .seed { font-size: .85rem; color: #444; margin: .5rem 0; }
+  .judge-frames { display: flex; gap: 2px; margin: .25rem 0 .75rem; }
+  .judge-frames img { flex: 1 1 0; min-width: 0; display: block; }
+  .chart { display: block; margin: .5rem 0 1rem; }
 </style>
 </head>
 <body>
@@ -88,21 +103,32 @@ TEMPLATE = """\
       <td>{{ row.variant }}</td><td>{{ row.n }}</td>
       {% for d in dimensions %}{% set e = row.estimates.get(d.name) %}
       <td>{% if e %}{{ "%.2f"|format(e.mean) }}
-        <small>[{{ "%.2f"|format(e.low) }}, {{ "%.2f"|format(e.high) }}]</small>{% else %}-{% endif %}</td>
+        <small>{% if e.low is not none %}[{{ "%.2f"|format(e.low) }}, {{ "%.2f"|format(e.high) }}]
+        {%- else %}[—]{% endif %}</small>{% else %}-{% endif %}</td>
       {% endfor %}
       <td>{{ row.requests }}</td><td>{{ row.input_tokens }} / {{ row.output_tokens }}</td>
     </tr>
     {% endfor %}
   </table>
+  <p class="note">{{ agreements[judge] }}</p>
+  {{ charts[judge] }}
   {% endfor %}
-  <p class="note">Scores 1 to 5: the mean over runs, in brackets its 95% bootstrap confidence interval.</p>
+  <p class="note">Scores 1 to 5: the mean over cases (a case's seeds averaged first), in brackets its 95%
+    bootstrap confidence interval ([—]: fewer than two cases); the charts draw the same numbers.</p>
 </section>
 {% endif %}
 {% for case in cases %}
 <section class="case">
   <h2>{{ case.prompt }}</h2>
+  {% for row in case.rows.values() %}
+  <div class="sync-group">
+  {% if case.rows|length > 1 %}<p class="seed">seed {{ row.seed }}</p>{% endif %}
+  <div class="sync">
+    <button type="button" class="play">Play all</button>
+    <input type="range" class="scrub" min="0" max="1000" value="0" aria-label="position of every video in this row">
+  </div>
   <div class="variants">
-    {% for variant in variants %}{% set run = case.runs.get(variant) %}
+    {% for variant in variants %}{% set run = row.runs.get(variant) %}
     <article class="run">
       <h3>{{ variant }}
         {% if run %}<span class="status status-{{ run.status }}">{{ run.status }}</span>{% endif %}</h3>
@@ -127,22 +153,57 @@ TEMPLATE = """\
         {% endfor %}
       </ol>
       {% endif %}
-      {% for judge, scores in run.scores %}
+      {% for judged in run.scores %}
       <table class="scores">
-        <caption>{{ judge }}</caption>
+        <caption>{{ judged.judge }}</caption>
         {% for d in dimensions %}
-        {% set value = scores.score(d.name) %}
+        {% set value = judged.scores.score(d.name) %}
         <tr><th>{{ d.title }}</th><td class="score score-{{ value }}">{{ value }}</td>
-          <td>{{ scores.reason(d.name) }}</td></tr>
+          <td>{{ judged.scores.reason(d.name) }}</td></tr>
         {% endfor %}
       </table>
+      {% if judged.frames %}
+      <div class="judge-frames" title="the frames {{ judged.judge }} saw">
+        {% for frame in judged.frames %}
+        <img src="{{ frame.src }}" alt="frame {{ frame.index }} the judge saw">
+        {% endfor %}
+      </div>
+      {% endif %}
       {% endfor %}
       {% endif %}
     </article>
     {% endfor %}
   </div>
+  </div>
+  {% endfor %}
 </section>
 {% endfor %}
+<script>
+// One control per row: play, pause and scrub every variant's video together (at the same fraction of
+// its length, since variants may differ in length).
+for (const group of document.querySelectorAll(".sync-group")) {
+  const videos = [...group.querySelectorAll("video")];
+  const button = group.querySelector(".play");
+  const scrub = group.querySelector(".scrub");
+  if (!videos.length) { group.querySelector(".sync").hidden = true; continue; }
+  const lead = videos[0];
+  const seek = (fraction) => videos.forEach((v) => { if (v.duration > 0) v.currentTime = fraction * v.duration; });
+  button.addEventListener("click", () => {
+    if (lead.paused) {
+      seek(lead.duration > 0 ? lead.currentTime / lead.duration : 0);
+      videos.forEach((v) => v.play());
+      button.textContent = "Pause all";
+    } else {
+      videos.forEach((v) => v.pause());
+      button.textContent = "Play all";
+    }
+  });
+  scrub.addEventListener("input", () => seek(scrub.value / 1000));
+  lead.addEventListener("timeupdate", () => {
+    if (lead.duration > 0) scrub.value = Math.round((lead.currentTime / lead.duration) * 1000);
+  });
+}
+</script>
 </body>
 </html>
 """
@@ -154,6 +215,19 @@ class _Keyframe:
     caption: str
 
 
+@dataclass(frozen=True)
+class _Frame:
+    src: str
+    index: int
+
+
+@dataclass
+class _Judged:
+    judge: str
+    scores: VideoScores
+    frames: list[_Frame]
+
+
 @dataclass
 class _RunView:
     variant: str
@@ -161,13 +235,19 @@ class _RunView:
     video: str | None
     sampled_prompt: str | None
     keyframes: list[_Keyframe]
-    scores: list[tuple[str, VideoScores]]
+    scores: list[_Judged]
+
+
+@dataclass
+class _SeedRow:
+    seed: int | None
+    runs: dict[str, _RunView] = field(default_factory=dict)
 
 
 @dataclass
 class _CaseView:
     prompt: str
-    runs: dict[str, _RunView] = field(default_factory=dict)
+    rows: dict[int | None, _SeedRow] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,16 +259,21 @@ class _Dimension:
 def write_report(root: str | Path, output_html: str | Path) -> Path:
     """Write the page comparing every run below `root` to `output_html`; returns its path.
 
+    The frames each judge saw are written as thumbnails into `<output_html's stem>_files/` beside it.
+
     Raises:
         ConfigurationError: `root` does not exist or holds no run folder, or `output_html` is a folder.
     """
     import jinja2
+
+    from vchain.evaluation import agreement_line, read_calibration, run_case
 
     root = check_root(root)
     output = Path(output_html).expanduser()
     if output.is_dir():
         raise ConfigurationError(f"output_html {str(output)!r} is a folder; pass the path of an .html file")
     base = output.parent.absolute()
+    frames_dir = base / f"{output.stem}_files"
     cases: dict[str, _CaseView] = {}
     finished: list[FinishedRun] = []
     for folder in iter_runs(root):
@@ -202,26 +287,34 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
             video = None
         elif manifest.status() == "done":
             finished.append(FinishedRun(folder, manifest))
-        case = cases.setdefault(manifest.prompt, _CaseView(manifest.prompt))
-        case.runs[manifest.variant] = _RunView(
+        case_id, seed, _ = run_case(manifest)
+        case = cases.setdefault(case_id, _CaseView(manifest.prompt))
+        row = case.rows.setdefault(seed, _SeedRow(seed))
+        row.runs[manifest.variant] = _RunView(
             variant=manifest.variant,
             status=manifest.status(),
             video=_href(video, base) if video else None,
             sampled_prompt=manifest.stages.sampling.prompt,
             keyframes=_keyframes(folder, base),
-            scores=_scores(folder, video),
+            scores=_scores(folder, video, frames_dir / folder.relative_to(root), base),
         )
     if not cases:
         raise ConfigurationError(f"root {str(root)!r} holds no run folder (a folder with manifest.json)")
-    present = {variant for case in cases.values() for variant in case.runs}
+    present = {variant for case in cases.values() for row in case.rows.values() for variant in row.runs}
     variants = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
+    summary = _by_judge(summarize(finished)) if finished else []
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     html = environment.from_string(TEMPLATE).render(
         title=root.absolute().name,
-        cases=list(cases.values()),
+        cases=[
+            _CaseView(c.prompt, {seed: c.rows[seed] for seed in sorted(c.rows, key=lambda s: (s is None, s or 0))})
+            for c in cases.values()
+        ],
         variants=variants,
         dimensions=[_Dimension(d, d.replace("_", " ")) for d in DIMENSIONS],
-        summary=_by_judge(summarize(finished)) if finished else [],
+        summary=summary,
+        charts={judge: chart(rows) for judge, rows in summary},
+        agreements={judge: agreement_line(judge, read_calibration(root)) for judge, _ in summary},
     )
     return _io.write_text(output, html)
 
@@ -246,8 +339,9 @@ def _keyframes(folder: Path, base: Path) -> list[_Keyframe]:
     ]
 
 
-def _scores(folder: Path, video: Path | None) -> list[tuple[str, VideoScores]]:
-    """Each judge's scores of the video as it is now (scores of an earlier video are not shown)."""
+def _scores(folder: Path, video: Path | None, frames_dir: Path, base: Path) -> list[_Judged]:
+    """Each judge's scores of the video as it is now (scores of an earlier video are not shown), with the
+    frames it saw written as thumbnails into `frames_dir`."""
     if video is None:
         return []
     try:
@@ -255,9 +349,72 @@ def _scores(folder: Path, video: Path | None) -> list[tuple[str, VideoScores]]:
     except VChainError as e:
         logger.warning("Showing %s without scores: %s", folder, e)
         return []
-    return [(judge_label(entry), entry.scores) for entry in entries]
+    frames: list | None = None
+    judged = []
+    for entry in entries:
+        if frames is None:
+            try:
+                frames = read_video(video)
+            except VChainError as e:
+                logger.warning("Showing %s without the frames its judges saw: %s", folder, e)
+                frames = []
+        thumbnails = []
+        for index in frame_indices(len(frames), entry.frames) if frames else []:
+            path = frames_dir / f"frame_{index:04d}.jpg"
+            if not path.is_file():
+                thumbnail = frames[index].copy()
+                thumbnail.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
+                _io.atomic_write(path, lambda f, image=thumbnail: image.save(f, format="JPEG", quality=85))
+            thumbnails.append(_Frame(_href(path, base), index))
+        judged.append(_Judged(judge_label(entry), entry.scores, thumbnails))
+    return judged
 
 
 def _by_judge(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
     judges = dict.fromkeys(row.judge for row in rows)
     return [(judge, [row for row in rows if row.judge == judge]) for judge in judges]
+
+
+# Colours that stay apart for the usual colour-vision deficiencies (Okabe and Ito), one per variant.
+PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#d55e00", "#56b4e9", "#f0e442", "#000000")
+
+
+def chart(rows: list[SummaryRow]) -> Markup:
+    """An inline SVG: per dimension, each variant's mean score (dot) and its 95% interval (bar), on 1 to 5."""
+    variants = [row for row in rows if row.estimates]
+    if not variants:
+        return Markup("")
+    top, plot_height, left, group_width = 16, 180, 36, max(112, 18 * len(variants) + 24)
+    width, height = left + group_width * len(DIMENSIONS) + 8, top + plot_height + 40 + 18 * len(variants)
+
+    def y(score: float) -> float:
+        return top + (5 - score) / 4 * plot_height
+
+    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="mean score per dimension and variant, '
+             'with 95% intervals" font-size="11" font-family="system-ui, sans-serif">']  # fmt: skip
+    for score in range(1, 6):
+        parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{y(score):.1f}" y2="{y(score):.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 8}" y="{y(score) + 4:.1f}" text-anchor="end">{score}</text>')  # fmt: skip
+    for i, dimension in enumerate(DIMENSIONS):
+        x0 = left + i * group_width
+        parts.append(f'<text x="{x0 + group_width / 2:.1f}" y="{top + plot_height + 16}" text-anchor="middle">'
+                     f"{escape(dimension.replace('_', ' '))}</text>")  # fmt: skip
+        for j, row in enumerate(variants):
+            e, colour = row.estimates.get(dimension), PALETTE[j % len(PALETTE)]
+            if e is None:
+                continue
+            x = x0 + 12 + (j + 0.5) * (group_width - 24) / len(variants)
+            interval = "no interval" if e.low is None else f"[{e.low:.2f}, {e.high:.2f}]"
+            parts.append(f'<g class="estimate"><title>{escape(row.variant)}, {escape(dimension)}: {e.mean:.2f} '
+                         f"{interval}</title>")  # fmt: skip
+            if e.low is not None:
+                parts.append(f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{y(e.high):.1f}" '
+                             f'y2="{y(e.low):.1f}" stroke="{colour}" stroke-width="2"/>')  # fmt: skip
+            parts.append(f'<circle cx="{x:.1f}" cy="{y(e.mean):.1f}" r="4" fill="{colour}"/></g>')
+    for j, row in enumerate(variants):
+        ly = top + plot_height + 34 + 18 * j
+        parts.append(f'<circle cx="{left + 6}" cy="{ly - 4}" r="4" fill="{PALETTE[j % len(PALETTE)]}"/>'
+                     f'<text x="{left + 16}" y="{ly}">{escape(row.variant)} (n {row.n})</text>')  # fmt: skip
+    parts.append("</svg>")
+    return Markup("".join(parts))

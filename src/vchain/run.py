@@ -106,6 +106,17 @@ class Stages(BaseModel):
     sampling: SamplingRecord = SamplingRecord()
 
 
+class CaseRecord(BaseModel):
+    """The suite case a run belongs to (`vchain.cases.Case`) and the seed it runs with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    index: int = Field(description="the case's position in its prompt file")
+    meta: dict[str, Any] = {}
+    seed: int
+
+
 class Manifest(BaseModel):
     """What `manifest.json` holds: exactly the run that is on disk, and what it cost."""
 
@@ -113,6 +124,7 @@ class Manifest(BaseModel):
 
     prompt: str
     variant: str = "vchain"
+    case: CaseRecord | None = None
     created: str = Field(default_factory=lambda: _now())
     updated: str = Field(default_factory=lambda: _now())
     versions: dict[str, str] = Field(default_factory=lambda: package_versions())

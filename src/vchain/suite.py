@@ -1,4 +1,4 @@
-"""The paper's 20 test cases, run as cases x variants into one tree, sharded across processes.
+"""A prompt set (the paper's 20 test cases by default) run as cases x variants x seeds into one tree, sharded.
 
 Under `accelerate launch --multi_gpu --num_processes N` (or `torchrun --nproc_per_node N`), process i takes
 runs i, i+N, i+2N, ... (one GPU each; on a machine without GPUs the processes run on the CPU); the main
@@ -17,9 +17,10 @@ from pathlib import Path
 
 from vchain import _io
 from vchain._redact import redact
+from vchain.cases import Case, as_cases
 from vchain.chain import chain_name
 from vchain.errors import ConfigurationError, VChainError
-from vchain.run import MANIFEST_FILE, read_manifest
+from vchain.run import MANIFEST_FILE, CaseRecord, RunDirectory, hold, read_manifest
 from vchain.variants import STAGES
 
 logger = logging.getLogger(__name__)
@@ -50,16 +51,22 @@ PAPER_CASES = (
 
 @dataclass(frozen=True)
 class SuiteRun:
-    """One run of the suite: case `case` of `PAPER_CASES` (or of the given prompts) under `variant`."""
+    """One run of the suite: case number `case` (its index in the prompt set) under `variant` and `seed`.
+
+    `id` is the run's folder below the suite's root (`00_a_rock.../vchain`, or `.../vchain/seed-1` with seeds).
+    """
 
     case: int
     prompt: str
     variant: str
     path: Path
+    id: str
+    case_id: str
+    meta: dict
+    seed: int
 
-    @property
-    def id(self) -> str:
-        return f"{self.path.parent.name}/{self.variant}"
+    def record(self) -> CaseRecord:
+        return CaseRecord(id=self.case_id, index=self.case, meta=self.meta, seed=self.seed)
 
 
 def parse_cases(text: str, count: int = len(PAPER_CASES)) -> list[int]:
@@ -75,13 +82,32 @@ def parse_cases(text: str, count: int = len(PAPER_CASES)) -> list[int]:
     return cases
 
 
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from `"0,1,2"`: distinct integers in [0, 2**63)."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if not parts or not all(part.isdigit() for part in parts) or any(int(part) >= 2**63 for part in parts):
+        raise ConfigurationError(f"--seeds must be comma-separated integers in [0, 2**63), got {text!r}")
+    seeds = [int(part) for part in parts]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigurationError(f"--seeds names a seed twice: {text!r}")
+    return seeds
+
+
 def plan_runs(
     root: str | Path,
     cases: Sequence[int],
     variants: Sequence[str],
-    prompts: Sequence[str] = PAPER_CASES,
+    prompts: Sequence[str | Case] = PAPER_CASES,
+    *,
+    seeds: Sequence[int] | None = None,
+    seed: int = 0,
 ) -> list[SuiteRun]:
-    """The runs of `cases` x `variants`; a case's folder is named by its number, whatever the selection."""
+    """The runs of `cases` x `variants` (x `seeds`); a case's folder is named by its number, whatever the selection.
+
+    Without `seeds` each run samples with `seed` in `<case>/<variant>`; with `seeds` every seed has its
+    own folder, `<case>/<variant>/seed-<s>`.
+    """
+    from vchain.pipeline import check_seed
     from vchain.variants import VARIANTS
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -91,12 +117,25 @@ def plan_runs(
         raise ConfigurationError("the suite needs at least one case, got none")
     if len(set(cases)) != len(cases) or not all(isinstance(c, int) and 0 <= c < len(prompts) for c in cases):
         raise ConfigurationError(f"cases must be distinct numbers in 0..{len(prompts) - 1}, got {list(cases)!r}")
+    if seeds is not None:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigurationError(f"seeds must be distinct integers, at least one, got {list(seeds)!r}")
+        for value in seeds:
+            check_seed(value)
+    check_seed(seed)
+    all_cases = as_cases(prompts)
+    width = max(2, len(str(len(all_cases) - 1)))
     root = Path(root)
-    return [
-        SuiteRun(case, prompts[case], variant, root / f"{case:02d}_{chain_name(prompts[case])}" / variant)
-        for case in cases
-        for variant in variants
-    ]
+    runs = []
+    for number in cases:
+        case = all_cases[number]
+        folder = root / f"{number:0{width}d}_{chain_name(case.prompt)}"
+        for variant in variants:
+            for s in [seed] if seeds is None else seeds:
+                path = folder / variant if seeds is None else folder / variant / f"seed-{s}"
+                run_id = path.relative_to(root).as_posix()
+                runs.append(SuiteRun(number, case.prompt, variant, path, run_id, case.id, case.meta, s))
+    return runs
 
 
 def run_suite(
@@ -105,19 +144,22 @@ def run_suite(
     cases: Sequence[int] | None = None,
     variants: Sequence[str] = ("vchain",),
     *,
-    prompts: Sequence[str] = PAPER_CASES,
+    prompts: Sequence[str | Case] = PAPER_CASES,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> list[SuiteRun]:
-    """Run this process's share of cases x variants; the main process then writes the summary.
+    """Run this process's share of cases x variants (x seeds); the main process then writes the summary.
 
-    `make_pipeline()` is called once per process, after the process knows its device. A failing run is
-    logged and recorded in its manifest; the others go on. Returns the runs this process executed.
+    `prompts` is the prompt set (`vchain.cases.load_cases` reads a benchmark's file); each run's
+    manifest records its case (id, index, meta) and seed. `make_pipeline()` is called once per process,
+    after the process knows its device. A failing run is logged and recorded in its manifest; the others
+    go on. Returns the runs this process executed.
     """
     import torch
     from accelerate import PartialState
 
     cases = list(range(len(prompts))) if cases is None else list(cases)
-    runs = plan_runs(root, cases, variants, prompts)
+    runs = plan_runs(root, cases, variants, prompts, seeds=seeds, seed=seed)
     # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU) under torchrun.
     state = PartialState(cpu=not torch.cuda.is_available())
     mine = runs[state.process_index :: state.num_processes]
@@ -126,7 +168,13 @@ def run_suite(
     outcomes = []
     for run in mine:
         try:
-            pipe(run.prompt, run.path, variant=run.variant, seed=seed)
+            with hold(run.path):
+                # The case is recorded first, so that even a run that fails says which case and seed it was.
+                with RunDirectory(run.path, run.prompt, variant=run.variant) as folder:
+                    if folder.manifest.case != run.record():
+                        folder.manifest.case = run.record()
+                        folder.save()
+                pipe(run.prompt, run.path, variant=run.variant, seed=run.seed)
             outcomes.append({"run": run.id, "status": "done"})
         except Exception as e:  # one broken case must not stop the suite
             logger.error("Run %s failed: %s", run.id, e)
@@ -142,8 +190,8 @@ def run_suite(
 
 
 SUMMARY_COLUMNS = (
-    "run", "variant", "status", "reasoning_s", "tuning_s", "sampling_s", "requests", "input_tokens",
-    "output_tokens", "images", "keyframes",
+    "run", "case_id", "variant", "seed", "status", "reasoning_s", "tuning_s", "sampling_s", "requests",
+    "input_tokens", "output_tokens", "images", "keyframes",
 )  # fmt: skip
 
 
@@ -157,12 +205,13 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
             logger.warning("Skipping %s in the summary: %s", run.id, e)
             manifest = None
         if manifest is None:
-            rows.append({**dict.fromkeys(SUMMARY_COLUMNS, ""), "run": run.id, "variant": run.variant,
-                         "status": "missing"})  # fmt: skip
+            rows.append({**dict.fromkeys(SUMMARY_COLUMNS, ""), "run": run.id, "case_id": run.case_id,
+                         "variant": run.variant, "seed": run.seed, "status": "missing"})  # fmt: skip
             continue
         stages, usage = manifest.stages, manifest.usage
         rows.append({
-            "run": run.id, "variant": run.variant, "status": manifest.status(),
+            "run": run.id, "case_id": run.case_id, "variant": run.variant, "seed": run.seed,
+            "status": manifest.status(),
             **{f"{s}_s": getattr(stages, s).total_seconds for s in STAGES},
             "requests": usage.requests, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
             "images": usage.images_out, "keyframes": stages.reasoning.keyframes or "",
