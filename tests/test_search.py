@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from vchain import SearchConfig, VChainPipeline
+from vchain import SearchConfig, VChainPipeline, prompts
 from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
 from vchain.errors import ConfigurationError, StageError
 from vchain.interfaces import Adapter, Tuner
@@ -315,3 +315,96 @@ def test_one_candidate_and_no_round_is_a_plain_run(wan, tmp_path):
     pipe(DEMO_PROMPT, tmp_path, search=SearchConfig())
     assert pipe.judge.calls == [] and manifest(tmp_path)["stages"]["sampling"]["search"] is None
     assert not (tmp_path / "candidates").exists() and set(DIMENSIONS)
+
+
+# -- the summary, the report and the command line
+
+
+def test_the_suite_summary_and_the_report_show_a_best_of_n_row(wan, tmp_path):
+    from vchain.report import write_report
+    from vchain.suite import run_suite
+
+    judge = ScriptedJudge([2, 4, {"physics": 5}, 1])  # vchain: seeds 0, 1; then t2v: seeds 0, 1
+    root = tmp_path / "suite"
+    run_suite(lambda: make_pipe(wan, judge), root, cases=[13], variants=["vchain", "t2v", "no-sparse-tuning"],
+              search=SearchConfig(candidates=2, rounds=1, accept=3.0))  # fmt: skip
+    with open(root / "summary.csv") as f:
+        rows = {(row["run"].split("/")[-1], row["variant"]): row for row in __import__("csv").DictReader(f)}
+    assert len(rows) == 5 and all(row["status"] == "done" for row in rows.values())
+    best = rows[("vchain", "best-of-n")]
+    assert (best["candidates"], best["chosen_round"], best["chosen_seed"]) == ("2", "0", "1")
+    assert (best["objective"], best["first_objective"], best["objective_min"], best["objective_max"]) == (
+        "4.0", "2.0", "2.0", "4.0",
+    )  # fmt: skip
+    assert best["physics"] == "4" and rows[("vchain", "vchain")]["objective"] == ""
+    # t2v searches seeds but cannot re-plan; the interpolated variant has no seed to search
+    t2v = rows[("t2v", "best-of-n")]
+    assert (t2v["chosen_seed"], t2v["objective"], t2v["first_objective"]) == ("0", "3.667", "3.667")
+    assert ("no-sparse-tuning", "best-of-n") not in rows and len(judge.calls) == 4
+    assert "best-of-n" in (root / "summary.md").read_text()
+
+    page = write_report(root, root / "report.html").read_text()
+    assert "Test-time search" in page and "vchain best-of-n" in page and "t2v best-of-n" in page
+    assert 'href="13_an_egg_is_dropped_onto_a_pillow/vchain/candidates/seed-1.mp4"' in page
+
+
+TINY = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "2", "--dtype", "float32", "--tune-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory, wan):
+    folder = tmp_path_factory.mktemp("tiny_wan")
+    wan.save_pretrained(folder)
+    return str(folder)
+
+
+def test_generate_searches_and_replans_through_the_openai_stand_in(server, tiny_wan, tmp_path, capsys):
+    from vchain.cli import main
+    from vchain.testing.openai_server import scripted_scores
+
+    urls = ["--base-url", server.base_url, "--image-base-url", server.base_url, "--judge-base-url", server.base_url]
+    run = tmp_path / "run"
+    args = ["generate", DEMO_PROMPT, "-o", str(run), "--model", tiny_wan, *TINY, *urls]
+    assert main([*args, "--candidates", "2", "--rounds", "1", "--accept", "5", "--objective", "physics"]) == 0
+    m = manifest(run)
+    search = m["stages"]["sampling"]["search"]
+    judged = [c for r in search["rounds"] for c in r["candidates"]]
+    assert len(search["rounds"]) == 2 and len(judged) == 4  # scripted scores stay below 5: both rounds ran
+    assert m["stages"]["sampling"]["inputs"]["judge"]["judge"]["model"] == "gpt-4o"
+    chats = server.requests_to("chat")
+    judges = [r for r in chats if r.body["response_format"]["json_schema"]["name"] == "VideoScores"]
+    revisions = [r for r in chats if r.body["messages"][0]["content"] == prompts.REVISE_SYSTEM]
+    assert len(judges) == 4 and len(revisions) == 1
+    # what the server scored is what the manifest says, and the critique carries round 0's best reasons
+    assert [c["scores"]["physics"] for c in judged] == [scripted_scores(r.body).physics for r in judges]
+    leader = max(search["rounds"][0]["candidates"], key=lambda c: (c["objective"], -c["seed"]))
+    sent = revisions[0].body["messages"][1]["content"]
+    assert (
+        search["rounds"][1]["critique"]
+        == f"- physics: {leader['scores']['physics']}/5. {leader['reasons']['physics']}"
+    )
+    assert search["rounds"][1]["critique"] in (sent if isinstance(sent, str) else sent[0]["text"])
+    out = capsys.readouterr().out
+    assert f"round {search['winner_round']}, seed {search['winner_seed']} is the best of 4 candidate(s)" in out
+    assert main([*args, "--candidates", "2", "--rounds", "1", "--accept", "5", "--objective", "physics"]) == 0
+    assert len(server.requests_to("chat")) == len(chats)  # a re-run asks nothing
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--judge", "openai"], "--judge does not apply without --candidates above 1 or --rounds"),
+        (["--candidates", "0"], "candidates must be greater than or equal to 1, got 0"),
+        (["--rounds", "1", "--accept", "6"], "accept must be less than or equal to 5, got 6.0"),
+        (["--candidates", "2", "--objective", "gravity"], "unknown dimension(s) ['gravity']"),
+        (["--candidates", "2", "--variant", "no-sparse-tuning"], "search does not apply to 'no-sparse-tuning'"),
+        (["--candidates", "2", "--judge", "claude"], "--judge must be openai or transformers:ID_OR_DIR"),
+    ],
+)
+def test_generate_refuses_a_bad_search_before_loading_any_model(tmp_path, capsys, monkeypatch, flags, message):
+    from vchain.cli import main
+
+    monkeypatch.setattr("vchain.backends.wan.WanVideoGenerator.from_pretrained", lambda *a, **k: pytest.fail())
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert main(["generate", DEMO_PROMPT, "-o", str(tmp_path / "run"), *flags]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -16,7 +16,7 @@ from vchain.judging import judge_identity
 from vchain.reasoning import ReasoningConfig, augment, check_reasoning, keyframe_frame, reason
 from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
 from vchain.sampling import Rendered, composite_prompt, interpolate, render
-from vchain.search import Search, SearchConfig, SearchResult, check_search
+from vchain.search import Search, SearchConfig, SearchResult, check_applies, check_search
 from vchain.variants import VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ class VChainPipeline:
             )
         search = check_search(search, self.judge, check_seed(seed))
         if search is not None:
-            self._check_search(search, spec, output_dir, stop_after)
+            check_applies(search, spec, output_dir, stop_after)
         return self._run(prompt, output_dir, variant, seed=seed, last=stop_after, overwrite=overwrite, search=search)
 
     def _run(
@@ -286,20 +286,6 @@ class VChainPipeline:
         missing = [name for name in names if getattr(self, name) is None]
         if missing:
             raise ConfigurationError(f"VChainPipeline needs {' and '.join(missing)} to {action}; none was given")
-
-    def _check_search(self, search: SearchConfig, spec: Variant, output_dir, stop_after: str | None) -> None:
-        """A search that cannot run here is refused before any work, naming why."""
-        if output_dir is None:
-            raise ConfigurationError("search needs output_dir: every candidate's video and scores are kept in the "
-                                     "run folder, and a stopped search resumes from it")  # fmt: skip
-        if spec.render != "generator":
-            raise ConfigurationError(f"search does not apply to {spec.name!r}, whose frames do not depend on a seed")
-        if stop_after is not None:
-            raise ConfigurationError(f"search samples and judges; stop_after={stop_after!r} ends the run before that")
-        if search.rounds and spec.reasoning != "chain":
-            raise ConfigurationError(
-                f"search rounds={search.rounds} re-plan the keyframes; {spec.name!r} has none (use candidates only)"
-            )
 
     def _check_replanning(self, spec: Variant) -> None:
         needs = ("reasoner", "image_backend", *(("tuner",) if spec.tuning else ()))

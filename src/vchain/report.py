@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
+
 from vchain import _io
 from vchain.chain import CHAIN_FILE, ThoughtChain
 from vchain.errors import ConfigurationError, VChainError
@@ -29,6 +31,7 @@ from vchain.judging import (
     summarize,
 )
 from vchain.run import VIDEO_FILE, file_digest, iter_runs, read_manifest
+from vchain.search import SearchOutcome, search_outcome
 from vchain.variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,28 @@ TEMPLATE = """\
   <p class="note">Scores 1 to 5: the mean over runs, in brackets its 95% bootstrap confidence interval.</p>
 </section>
 {% endif %}
+{% if search %}
+<section>
+  <h2>Test-time search</h2>
+  <table>
+    <tr>
+      <th>variant</th><th>runs</th><th>candidates</th><th>objective</th><th>no search</th><th>spread</th>
+      {% for d in dimensions %}<th>{{ d.title }}</th>{% endfor %}
+    </tr>
+    {% for row in search %}
+    <tr>
+      <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ row.candidates }}</td>
+      <td>{{ "%.2f"|format(row.chosen) }}</td><td>{{ "%.2f"|format(row.first) }}</td>
+      <td>{{ "%.2f"|format(row.low) }} to {{ "%.2f"|format(row.high) }}</td>
+      {% for d in dimensions %}<td>{{ "%.2f"|format(row.scores[d.name]) }}</td>{% endfor %}
+    </tr>
+    {% endfor %}
+  </table>
+  <p class="note">best-of-n: the chosen candidate of each searched run (by the search judge's objective), averaged
+    over runs; "no search" is the first candidate (the run's own seed); the spread is the lowest and highest
+    objective over all candidates, averaged over runs.</p>
+</section>
+{% endif %}
 {% for case in cases %}
 <section class="case">
   <h2>{{ case.prompt }}</h2>
@@ -127,6 +152,16 @@ TEMPLATE = """\
         {% endfor %}
       </ol>
       {% endif %}
+      {% if run.candidates %}
+      <details><summary>Search: {{ run.candidates|length }} candidates</summary>
+        <ol class="candidates">
+          {% for c in run.candidates %}
+          <li><a href="{{ c.video }}">round {{ c.round }}, seed {{ c.seed }}</a>: {{ "%.2f"|format(c.objective) }}
+            {% if c.chosen %}<strong>(chosen)</strong>{% endif %}</li>
+          {% endfor %}
+        </ol>
+      </details>
+      {% endif %}
       {% for judge, scores in run.scores %}
       <table class="scores">
         <caption>{{ judge }}</caption>
@@ -154,6 +189,15 @@ class _Keyframe:
     caption: str
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    round: int
+    seed: int
+    video: str
+    objective: float
+    chosen: bool
+
+
 @dataclass
 class _RunView:
     variant: str
@@ -162,6 +206,21 @@ class _RunView:
     sampled_prompt: str | None
     keyframes: list[_Keyframe]
     scores: list[tuple[str, VideoScores]]
+    candidates: list[_Candidate] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _SearchRow:
+    """A `best-of-n` row: a variant's searched runs, averaged."""
+
+    variant: str
+    runs: int
+    candidates: float
+    chosen: float
+    first: float
+    low: float
+    high: float
+    scores: dict[str, float]
 
 
 @dataclass
@@ -191,6 +250,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     base = output.parent.absolute()
     cases: dict[str, _CaseView] = {}
     finished: list[FinishedRun] = []
+    outcomes: list[SearchOutcome] = []
     for folder in iter_runs(root):
         try:
             manifest = read_manifest(folder)
@@ -210,7 +270,11 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
             sampled_prompt=manifest.stages.sampling.prompt,
             keyframes=_keyframes(folder, base),
             scores=_scores(folder, video),
+            candidates=_candidates(manifest, folder, base),
         )
+        outcome = search_outcome(manifest)
+        if outcome is not None:
+            outcomes.append(outcome)
     if not cases:
         raise ConfigurationError(f"root {str(root)!r} holds no run folder (a folder with manifest.json)")
     present = {variant for case in cases.values() for variant in case.runs}
@@ -222,6 +286,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
         variants=variants,
         dimensions=[_Dimension(d, d.replace("_", " ")) for d in DIMENSIONS],
         summary=_by_judge(summarize(finished)) if finished else [],
+        search=_search_rows(outcomes, [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))),
     )
     return _io.write_text(output, html)
 
@@ -256,6 +321,41 @@ def _scores(folder: Path, video: Path | None) -> list[tuple[str, VideoScores]]:
         logger.warning("Showing %s without scores: %s", folder, e)
         return []
     return [(judge_label(entry), entry.scores) for entry in entries]
+
+
+def _candidates(manifest, folder: Path, base: Path) -> list[_Candidate]:
+    state = manifest.stages.sampling.search
+    if state is None or manifest.stages.sampling.status != "done":
+        return []
+    return [
+        _Candidate(
+            r.round,
+            c.seed,
+            _href(folder / c.video, base),
+            c.objective,
+            (r.round, c.seed) == (state.winner_round, state.winner_seed),
+        )
+        for r in state.rounds
+        for c in r.candidates
+        if c.objective is not None
+    ]
+
+
+def _search_rows(outcomes: list[SearchOutcome], variants: list[str]) -> list[_SearchRow]:
+    """One `best-of-n` row per variant that searched, in the page's variant order."""
+    rows = []
+    for variant in variants:
+        mine = [o for o in outcomes if o.variant == variant]
+        if not mine:
+            continue
+        label = "best-of-n" if len({o.variant for o in outcomes}) == 1 else f"{variant} best-of-n"
+        rows.append(_SearchRow(
+            label, len(mine), float(np.mean([o.candidates for o in mine])),
+            float(np.mean([o.chosen.objective for o in mine])), float(np.mean([o.first.objective for o in mine])),
+            float(np.mean([o.lowest for o in mine])), float(np.mean([o.highest for o in mine])),
+            {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
+        ))  # fmt: skip
+    return rows
 
 
 def _by_judge(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:

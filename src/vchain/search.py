@@ -51,6 +51,7 @@ from vchain.run import (
 if TYPE_CHECKING:
     from vchain.pipeline import VChainPipeline
     from vchain.run import RunDirectory
+    from vchain.variants import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,34 @@ def check_search(search: object, judge: object, seed: object) -> SearchConfig | 
     if seed + search.candidates - 1 >= 2**63:
         raise ConfigurationError(f"seed={seed} leaves no room for {search.candidates} candidate seeds below 2**63")
     return search
+
+
+def check_applies(search: SearchConfig, spec: Variant, output_dir: object, stop_after: str | None = None) -> None:
+    """A search that cannot run for variant `spec` is refused before any work, naming why."""
+    if output_dir is None:
+        raise ConfigurationError("search needs output_dir: every candidate's video and scores are kept in the "
+                                 "run folder, and a stopped search resumes from it")  # fmt: skip
+    if spec.render != "generator":
+        raise ConfigurationError(f"search does not apply to {spec.name!r}, whose frames do not depend on a seed")
+    if stop_after is not None:
+        raise ConfigurationError(f"search samples and judges; stop_after={stop_after!r} ends the run before that")
+    if search.rounds and spec.reasoning != "chain":
+        raise ConfigurationError(
+            f"search rounds={search.rounds} re-plan the keyframes; {spec.name!r} has none (use candidates only)"
+        )
+
+
+def for_variant(search: SearchConfig | None, spec: Variant) -> SearchConfig | None:
+    """The part of `search` that variant `spec` can run (a suite searches each variant as far as it can).
+
+    An interpolated video has no seed to search; a variant without keyframes searches seeds but does not
+    re-plan.
+    """
+    if search is None or spec.render != "generator":
+        return None
+    if search.rounds and spec.reasoning != "chain":
+        search = search.replace(rounds=0, accept=None)
+    return search if search.searches else None
 
 
 # -- summaries
