@@ -263,14 +263,13 @@ class _Search:
         from vchain._hub import resolve_pretrained
         from vchain.search import SearchConfig
 
-        self.args = args
+        self.args, self.judge = args, None
         self.config = SearchConfig(**_given(args, SEARCH_FLAGS))
         if not self.config.searches:
             _refuse_unused(args, (*JUDGE_OPTIONS, "accept", "objective"), "without --candidates above 1 or --rounds")
             self.config = None
             return
         self.kind, self.model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
-        self.judge = None
         if self.kind == "openai":
             from vchain.backends.openai import OpenAIJudge
 
