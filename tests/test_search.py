@@ -408,3 +408,37 @@ def test_generate_refuses_a_bad_search_before_loading_any_model(tmp_path, capsys
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert main(["generate", DEMO_PROMPT, "-o", str(tmp_path / "run"), *flags]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+# -- Reasoner.revise in the built-in reasoners
+
+
+def test_the_openai_reasoner_revises_with_the_chain_and_the_critique(server, client):
+    from vchain.backends.openai import OpenAIReasoner
+    from vchain.chain import ScenePlan, ThoughtChain
+    from vchain.testing import example_plan
+
+    chain = ThoughtChain.from_plan(DEMO_PROMPT, example_plan(DEMO_PROMPT))
+    chain.key_frames = list(DEMO_CAPTIONS)
+    plan = OpenAIReasoner(client=client).revise(chain, "- physics: 2/5. The egg bounces like rubber.")
+    assert isinstance(plan, ScenePlan)
+    (request,) = server.requests_to("chat")
+    system, user = request.body["messages"]
+    assert system["content"] == prompts.REVISE_SYSTEM and request.body["response_format"]["json_schema"]["name"] == (
+        "ScenePlan"
+    )
+    assert "The egg bounces like rubber." in user["content"] and chain.consequences in user["content"]
+    assert all(caption in user["content"] for caption in chain.captions)
+
+
+def test_the_local_reasoner_revises_within_the_plan_schema():
+    from vchain.backends.transformers import TransformersReasoner
+    from vchain.chain import ScenePlan, ThoughtChain
+    from vchain.testing import example_plan
+    from vchain.testing.tiny_vlm import tiny_vlm
+
+    reasoner = TransformersReasoner.from_pretrained(tiny_vlm("qwen2_5_vl"), max_new_tokens=160, max_string_length=16)
+    chain = ThoughtChain.from_plan(DEMO_PROMPT, example_plan(DEMO_PROMPT))
+    plan = reasoner.revise(chain, "- physics: 2/5. The egg bounces like rubber.")
+    assert isinstance(plan, ScenePlan) and all(0 < len(text) <= 16 for text in plan.model_dump().values())
+    assert reasoner.supports("revise")
