@@ -10,7 +10,7 @@ from vchain import SearchConfig, VChainPipeline, prompts
 from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
 from vchain.errors import ConfigurationError, StageError, VChainError
 from vchain.interfaces import Adapter, Tuner
-from vchain.judging import DIMENSIONS
+from vchain.judging import DIMENSIONS, judge_runs
 from vchain.testing import (
     DEMO_CAPTIONS,
     DEMO_PROMPT,
@@ -112,6 +112,9 @@ def test_the_best_candidate_is_chosen_copied_and_every_candidate_is_kept(wan, tm
     assert sampling["inputs"]["search"] == {
         "candidates": 3, "objective": ["physics", "commonsense", "causality"], "rounds": 0, "accept": None,
     }  # fmt: skip
+    # the winner's scores are the judge's entry for video.mp4: judging the run with the same judge asks nothing
+    (judged,) = judge_runs(tmp_path, judge).runs
+    assert judged.cached and judged.scores.physics == 5 and len(judge.calls) == 3
 
 
 def test_ties_go_to_the_lower_seed_then_the_earlier_round_and_the_objective_picks_the_dimensions():

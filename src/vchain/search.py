@@ -24,17 +24,27 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
-from vchain import prompts
+from vchain import _io, prompts
 from vchain.chain import ThoughtChain
 from vchain.config import Config
 from vchain.errors import ConfigurationError, VChainError
 from vchain.interfaces import Adapter
-from vchain.judging import DIMENSIONS, JudgingConfig, ask_judge, judge_identity
+from vchain.judging import (
+    DIMENSIONS,
+    SCORES_FILE,
+    JudgingConfig,
+    ScoreEntry,
+    VideoScores,
+    ask_judge,
+    judge_identity,
+    read_scores,
+)
 from vchain.run import (
     CANDIDATES_DIR,
     LORA_DIR,
@@ -46,6 +56,7 @@ from vchain.run import (
     SearchRecord,
     chain_files,
     file_digest,
+    fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -275,6 +286,7 @@ class Search:
         winning_round, winner = best_candidate(self.state.rounds)
         self.state.winner_round, self.state.winner_seed = winning_round.round, winner.seed
         self.record.seconds["save"] = self.run.copy_video(winner.video)
+        self._keep_scores(winner)
         frames = read_video(self.run.video_path)
         prompt = self._prompt(winning_round, chain)
         self.record.prompt, self.record.seed = prompt, winner.seed
@@ -282,6 +294,19 @@ class Search:
         logger.info("Search: round %d, seed %d wins with %.2f over %s", winning_round.round, winner.seed,
                     winner.objective, ", ".join(self.config.objective))  # fmt: skip
         return SearchResult(frames, prompt, chain, adapter)
+
+    def _keep_scores(self, winner: CandidateRecord) -> None:
+        """The winner's scores go into `scores.json` as this judge's entry for `video.mp4` (the same bytes), so
+        `vchain judge` with the same judge asks nothing again; the calls they cost are in the manifest."""
+        identity = judge_identity(self.pipe.judge, self.judging)
+        key = fingerprint(identity)
+        scores = VideoScores(**winner.scores, **{f"{d}_reason": reason for d, reason in winner.reasons.items()})
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entry = ScoreEntry(key=key, judge=identity["judge"], frames=self.judging.frames, scores=scores,
+                           video_sha256=file_digest(self.run.video_path), judged=now)  # fmt: skip
+        scores_file = read_scores(self.run.path)
+        scores_file.entries = [e for e in scores_file.entries if e.key != key] + [entry]
+        _io.write_json(self.run.path / SCORES_FILE, scores_file.model_dump(mode="json"))
 
     def _prompt(self, winning: RoundRecord, chain: ThoughtChain | None) -> str:
         """What the winning round sampled from: its chain's composite prompt (or the run's text)."""
