@@ -456,3 +456,16 @@ def test_the_local_reasoner_revises_within_the_plan_schema():
     plan = reasoner.revise(chain, "- physics: 2/5. The egg bounces like rubber.")
     assert isinstance(plan, ScenePlan) and all(0 < len(text) <= 16 for text in plan.model_dump().values())
     assert reasoner.supports("revise")
+
+
+def test_the_suite_takes_the_same_search_options_and_refuses_the_same_mistakes(tmp_path, capsys, monkeypatch):
+    from vchain.cli import main
+
+    monkeypatch.setattr("vchain.suite.run_suite", lambda *a, **k: pytest.fail("nothing may run"))
+    root = str(tmp_path / "suite")
+    assert main(["suite", "-o", root, "--demo", "--judge", "openai"]) == 2
+    assert "--judge does not apply without --candidates above 1 or --rounds" in capsys.readouterr().err
+    assert main(["suite", "-o", root, "--demo", "--candidates", "2", "--accept", "4"]) == 2
+    assert "accept=4.0 applies only to re-planning" in capsys.readouterr().err
+    assert main(["suite", "-o", root, "--demo", "--candidates", "2"]) == 2  # no key, no judge server
+    assert "OPENAI_API_KEY" in capsys.readouterr().err and not (tmp_path / "suite").exists()
