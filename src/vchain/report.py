@@ -111,7 +111,7 @@ TEMPLATE = """\
     </tr>
     {% for row in search %}
     <tr>
-      <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ row.candidates }}</td>
+      <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ "%g"|format(row.candidates) }}</td>
       <td>{{ "%.2f"|format(row.chosen) }}</td><td>{{ "%.2f"|format(row.first) }}</td>
       <td>{{ "%.2f"|format(row.low) }} to {{ "%.2f"|format(row.high) }}</td>
       {% for d in dimensions %}<td>{{ "%.2f"|format(row.scores[d.name]) }}</td>{% endfor %}
