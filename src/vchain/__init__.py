@@ -15,9 +15,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from vchain.pipeline import VChainOutput, VChainPipeline
+    from vchain.search import SearchConfig
 
 # The pipeline imports torch-heavy code lazily; `import vchain` stays light.
-_LAZY = {"VChainPipeline": "vchain.pipeline", "VChainOutput": "vchain.pipeline"}
+_LAZY = {"VChainPipeline": "vchain.pipeline", "VChainOutput": "vchain.pipeline", "SearchConfig": "vchain.search"}
 
 
 def __getattr__(name: str):
@@ -33,6 +34,7 @@ __all__ = [
     "KeyframeVerdict",
     "NextKeyframe",
     "ScenePlan",
+    "SearchConfig",
     "StageError",
     "ThoughtChain",
     "VChainError",

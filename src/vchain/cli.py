@@ -47,6 +47,11 @@ GENERATOR_OPTIONS = ("model", "device", "dtype")
 KEYFRAME_OPTIONS = ("max_keyframes", "edit_inputs", "color_correction", "verify_keyframes", "max_redos")
 SAMPLING_ONLY = ("num_frames", "num_inference_steps", "guidance_scale", "seed")
 TUNING_OPTIONS = ("steps", "rank", "alpha", "learning_rate", "gradient_checkpointing")
+SEARCH_FLAGS = (
+    ("--candidates", "candidates", {}), ("--objective", "objective", {"nargs": "+", "metavar": "DIMENSION"}),
+    ("--rounds", "rounds", {}), ("--accept", "accept", {}),
+)  # fmt: skip
+JUDGE_OPTIONS = ("judge", "judge_model", "judge_base_url")
 TUNING_FLAGS = (
     ("--tune-steps", "steps", {}), ("--rank", "rank", {}), ("--alpha", "alpha", {}), ("--lr", "learning_rate", {}),
     ("--gradient-checkpointing", "gradient_checkpointing", {}),
@@ -76,6 +81,8 @@ def _add_config_flags(group, configs: tuple[type, ...], flags) -> None:
         options: dict[str, Any] = {"default": None, "dest": name, "help": help_text, **extra}
         if kind is bool:
             options["action"] = "store_true"
+        elif typing.get_origin(kind) is tuple:  # a tuple of names: one or more values of the flag
+            options["type"] = typing.get_args(kind)[0]
         elif typing.get_origin(kind) is typing.Literal:
             options["choices"] = list(typing.get_args(kind))
         else:
@@ -90,8 +97,8 @@ def _folder(text: str) -> Path:
 
 
 def _flag_names() -> dict[str, str]:
-    flags = (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
-    named = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed", "offload_text_encoder")
+    flags = (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS, *SEARCH_FLAGS)
+    named = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, *JUDGE_OPTIONS, "seed", "offload_text_encoder")
     return {**{d: "--" + d.replace("_", "-") for d in named}, **{name: flag for flag, name, _ in flags}}
 
 
@@ -237,6 +244,51 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
+def _add_search(parser: argparse.ArgumentParser) -> None:
+    from vchain.search import SearchConfig
+
+    group = parser.add_argument_group(
+        "test-time search (several seeds scored by a judge; rounds re-plan the keyframes from its critique)"
+    )
+    _add_config_flags(group, (SearchConfig,), SEARCH_FLAGS)
+    group.add_argument("--judge", default=None, help="openai (default when searching) or transformers:ID_OR_DIR")
+    group.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
+    group.add_argument("--judge-base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
+
+
+class _Search:
+    """The search the flags ask for and its judge: checked at once, a local judge loaded by `build()`."""
+
+    def __init__(self, args):
+        from vchain._hub import resolve_pretrained
+        from vchain.search import SearchConfig
+
+        self.args, self.judge = args, None
+        self.config = SearchConfig(**_given(args, SEARCH_FLAGS))
+        if not self.config.searches:
+            _refuse_unused(args, (*JUDGE_OPTIONS, "accept", "objective"), "without --candidates above 1 or --rounds")
+            self.config = None
+            return
+        self.kind, self.model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
+        if self.kind == "openai":
+            from vchain.backends.openai import OpenAIJudge
+
+            self.judge = OpenAIJudge(args.judge_model or "gpt-4o", base_url=args.judge_base_url)
+        else:
+            _refuse_unused(args, ("judge_model", "judge_base_url"), "to a local judge (--judge transformers:...)")
+            resolve_pretrained(self.model, what="judge weights", marker="config.json", argument="--judge")
+
+    def build(self):
+        """The judge, loading a local one."""
+        if self.judge is None and self.config is not None:
+            from vchain.backends.transformers import TransformersJudge
+
+            self.judge = TransformersJudge.from_pretrained(
+                self.model, dtype=getattr(self.args, "dtype", None), device=_device(getattr(self.args, "device", None))
+            )
+        return self.judge
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -379,15 +431,26 @@ def cmd_generate(args) -> int:
         sampling_only = ("num_inference_steps", "guidance_scale", "seed", *ACCELERATION_OPTIONS)
         _refuse_unused(args, sampling_only, f"{why} interpolates the keyframes")
     generation = _Generation(args)
+    search = _Search(args)
+    if search.config is not None:
+        from vchain.search import check_applies
+
+        check_applies(search.config, spec, args.output)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
     _check_folder(args.output, args.prompt.strip(), args.variant)
     reasoner, image_backend = reasoning.build() if reasoning else (None, None)
+    judge = search.build()
     generator, tuner = generation.build()
     config = reasoning.config if reasoning else None
     pipe = VChainPipeline(reasoner, image_backend, generator, tuner if spec.tuning else None, reasoning=config,
-                          release_between_stages=True)  # fmt: skip
-    out = pipe(args.prompt, args.output, variant=args.variant, seed=generation.seed, overwrite=args.overwrite)
+                          judge=judge, release_between_stages=True)  # fmt: skip
+    out = pipe(args.prompt, args.output, variant=args.variant, seed=generation.seed, overwrite=args.overwrite,
+               search=search.config)  # fmt: skip
     print(f"{args.variant}: {len(out.frames)} frames -> {out.video_path}")
+    found = out.manifest.stages.sampling.search if out.manifest is not None else None
+    if found is not None and found.winner_round is not None:
+        judged = sum(len(r.candidates) for r in found.rounds)
+        print(f"search: round {found.winner_round}, seed {found.winner_seed} is the best of {judged} candidate(s)")
     return EXIT_OK
 
 
@@ -467,6 +530,7 @@ def cmd_suite(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds is not None and args.seed is not None:
         raise ConfigurationError("--seed and --seeds do not go together: give the one seed as --seeds N")
+    search = _Search(args)
     if args.demo:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
@@ -477,7 +541,9 @@ def cmd_suite(args) -> int:
 
         def make_pipeline():
             # The tiny models' weights come from this seed; each run samples with its own (--seeds).
-            return demo_pipeline(seed, steps=10)
+            pipe = demo_pipeline(seed, steps=10)
+            pipe.judge = search.build()
+            return pipe
     else:
         from vchain.pipeline import VChainPipeline
 
@@ -487,9 +553,11 @@ def cmd_suite(args) -> int:
         def make_pipeline():
             generator, tuner = generation.build()
             return VChainPipeline(*reasoning.build(), generator, tuner, reasoning=reasoning.config,
-                                  release_between_stages=True)  # fmt: skip
+                                  judge=search.build(), release_between_stages=True)  # fmt: skip
 
-    runs = run_suite(make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds)
+    runs = run_suite(
+        make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds, search=search.config
+    )
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
     return EXIT_OK
 
@@ -585,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--variant", choices=list(VARIANTS), default="vchain", help=variants_help)
     _add_reasoning(generate)
     _add_generator(generate)
+    _add_search(generate)
     generate.set_defaults(run=cmd_generate)
 
     tune = commands.add_parser(
@@ -626,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
     _add_reasoning(suite)
     _add_generator(suite)
+    _add_search(suite)
     suite.set_defaults(run=cmd_suite)
 
     demo = commands.add_parser(

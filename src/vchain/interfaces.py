@@ -70,7 +70,7 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
 class Reasoner(Component):
     """A multimodal model that plans the scene and predicts the chain's keyframes."""
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("augment_prompt", "verify_keyframe")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("augment_prompt", "verify_keyframe", "revise")
 
     @abstractmethod
     def plan(self, prompt: str) -> ScenePlan:
@@ -94,6 +94,13 @@ class Reasoner(Component):
         Optional; used when `ReasoningConfig(verify_keyframes=True)`.
         """
         raise self._unsupported("verify_keyframe")
+
+    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
+        """Plan the scene again, given the finished `chain` and a judge's `critique` of the video sampled from it.
+
+        Optional; a search with `rounds` > 0 draws, tunes and searches the new plan's chain.
+        """
+        raise self._unsupported("revise")
 
     def supports(self, method: str) -> bool:
         """Whether this reasoner implements the optional `method`, known before any call."""

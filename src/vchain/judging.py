@@ -427,7 +427,7 @@ def _judge_run(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: 
     before = len(meter.records)
     scores, error = None, None
     try:
-        scores = _ask(judge, run, config, meter)
+        scores = ask_judge(judge, run.manifest.prompt, run.video, config, meter)
     except StageError as e:
         error = str(e)
         logger.error("Judging %s failed: %s", run.path, e)
@@ -445,18 +445,21 @@ def _judge_run(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: 
     return JudgedRun(run.path, variant, scores, cached=False, calls=meter.records[before:], error=error)
 
 
-def _ask(judge: Judge, run: FinishedRun, config: JudgingConfig, meter: UsageMeter) -> VideoScores:
-    """One judge call, counted; a malformed answer is asked again up to `max_attempts` times."""
+def ask_judge(
+    judge: Judge, prompt: str, video: Path, config: JudgingConfig, meter: UsageMeter, index: int | None = None
+) -> VideoScores:
+    """One judge call on the video file, counted (as step `judge`, `index`); a malformed answer is asked again
+    up to `max_attempts` times."""
     where = f"{type(judge).__name__}.score()"
     try:
-        frames = sample_frames(run.video, config.frames)
+        frames = sample_frames(video, config.frames)
     except VChainError as e:
         raise StageError(str(e), stage="judging", step="frames") from e
     for attempt in range(1, config.max_attempts + 1):
         try:
-            with meter.call("judge"):
+            with meter.call("judge", index):
                 try:
-                    answer = judge.score(run.manifest.prompt, frames)
+                    answer = judge.score(prompt, frames)
                 except ValidationError as e:
                     raise MalformedResponseError(f"{where} built invalid scores: {describe_errors(e)}") from e
                 if not isinstance(answer, VideoScores):
@@ -469,7 +472,7 @@ def _ask(judge: Judge, run: FinishedRun, config: JudgingConfig, meter: UsageMete
                     stage="judging",
                     step="judge",
                 ) from e
-            logger.warning("Malformed judge answer for %s (attempt %d/%d): %s", run.path, attempt,
+            logger.warning("Malformed judge answer for %s (attempt %d/%d): %s", video, attempt,
                            config.max_attempts, e)  # fmt: skip
         except StageError:
             raise

@@ -11,10 +11,12 @@ from PIL import Image
 
 from vchain.chain import ThoughtChain, check_prompt
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
-from vchain.interfaces import Adapter, ImageBackend, Interpolator, Reasoner, Tuner, VideoGenerator
+from vchain.interfaces import Adapter, ImageBackend, Interpolator, Judge, Reasoner, Tuner, VideoGenerator
+from vchain.judging import judge_identity
 from vchain.reasoning import ReasoningConfig, augment, check_reasoning, keyframe_frame, reason
 from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
 from vchain.sampling import Rendered, composite_prompt, interpolate, render
+from vchain.search import Search, SearchConfig, SearchResult, check_applies, check_search
 from vchain.variants import VARIANTS, Variant, get_variant
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ _COMPONENTS = {
     "generator": VideoGenerator,
     "tuner": Tuner,
     "interpolator": Interpolator,
+    "judge": Judge,
 }
 
 
@@ -69,6 +72,7 @@ class VChainPipeline:
         generator: the video model (e.g. `WanVideoGenerator.from_pretrained(...)`).
         tuner: learns the keyframe adapter (e.g. `WanLoRATuner()`).
         interpolator: keyframes to frames, for the `no-sparse-tuning` ablation (default: cross-fades).
+        judge: scores the candidates of a test-time search (`search=SearchConfig(...)`), e.g. `OpenAIJudge()`.
         reasoning: settings of the reasoning loop (never changed by the pipeline).
         save_adapter: keep the tuned adapter in the run folder (`lora/`), written in the background while
             sampling runs from memory, so a resumed run need not tune again.
@@ -106,6 +110,7 @@ class VChainPipeline:
         tuner: Tuner | None = None,
         *,
         interpolator: Interpolator | None = None,
+        judge: Judge | None = None,
         reasoning: ReasoningConfig | None = None,
         save_adapter: bool = True,
         release_between_stages: bool = False,
@@ -113,7 +118,7 @@ class VChainPipeline:
         from vchain.interpolation import CrossfadeInterpolator
 
         given = {"reasoner": reasoner, "image_backend": image_backend, "generator": generator, "tuner": tuner,
-                 "interpolator": interpolator}  # fmt: skip
+                 "interpolator": interpolator, "judge": judge}  # fmt: skip
         for keyword, value in given.items():
             _check_component(keyword, value)
         if reasoning is not None and not isinstance(reasoning, ReasoningConfig):
@@ -129,6 +134,7 @@ class VChainPipeline:
         self.generator = generator
         self.tuner = tuner
         self.interpolator = interpolator or CrossfadeInterpolator()
+        self.judge = judge
         self.reasoning = reasoning or ReasoningConfig()
         self.save_adapter = save_adapter
         self.release_between_stages = release_between_stages
@@ -198,6 +204,7 @@ class VChainPipeline:
         seed: int | None = 0,
         stop_after: str | None = None,
         overwrite: bool = False,
+        search: SearchConfig | None = None,
     ) -> VChainOutput:
         """Run `variant` on `prompt`; with `output_dir`, write the run folder and resume from it.
 
@@ -205,6 +212,10 @@ class VChainPipeline:
         a changed input redoes that stage and those after it; a stage that crashed resumes from what it
         committed. Changed reasoning inputs are refused unless `overwrite=True`, which starts the folder
         over. `stop_after="reasoning"` or `"tuning"` ends the run there.
+
+        `search=SearchConfig(candidates=N, rounds=R, ...)` samples seeds `seed` to `seed+N-1` with the one
+        adapter, has the pipeline's `judge` score each, keeps the best as `video.mp4` and, with rounds,
+        re-plans the keyframes from the judge's critique (`vchain.search`; needs `output_dir`).
         """
         spec = get_variant(variant)
         if stop_after is not None and stop_after not in spec.stages[:-1]:
@@ -212,9 +223,14 @@ class VChainPipeline:
                 f"stop_after must be None or a stage of {variant!r} before the last, one of "
                 f"{list(spec.stages[:-1])}, got {stop_after!r}"
             )
-        return self._run(prompt, output_dir, variant, seed=seed, last=stop_after, overwrite=overwrite)
+        search = check_search(search, self.judge, check_seed(seed))
+        if search is not None:
+            check_applies(search, spec, output_dir, stop_after)
+        return self._run(prompt, output_dir, variant, seed=seed, last=stop_after, overwrite=overwrite, search=search)
 
-    def _run(self, prompt, output_dir, variant: str | None, *, seed, last: str | None, overwrite) -> VChainOutput:
+    def _run(
+        self, prompt, output_dir, variant: str | None, *, seed, last: str | None, overwrite, search=None
+    ) -> VChainOutput:
         prompt = check_prompt(prompt)
         seed = check_seed(seed)
         if not isinstance(overwrite, bool):
@@ -230,6 +246,8 @@ class VChainPipeline:
                 )
             stages = spec.stages if last is None else spec.stages[: spec.stages.index(last) + 1]
             self._check_components(run, spec, stages)
+            if search is not None and search.rounds and self.generator is not None:
+                self._check_replanning(spec)
             out = VChainOutput(manifest=run.manifest)
             if spec.reasoning == "chain":
                 out.chain = self._reason_step(run, prompt)
@@ -249,6 +267,10 @@ class VChainPipeline:
                 if spec.render == "interpolator":
                     rendered = self._interpolate_step(run, out.chain)
                     out.prompt = None
+                elif search is not None:
+                    text = out.prompt or (self.composite_prompt(out.chain) if out.chain else prompt)
+                    rendered = self._search_step(run, prompt, text, out.adapter, out.chain, seed, search)
+                    out.prompt, out.chain, out.adapter = rendered.prompt, rendered.chain, rendered.adapter
                 else:
                     out.prompt = out.prompt or (self.composite_prompt(out.chain) if out.chain else prompt)
                     rendered = self._sample_step(run, out.prompt, out.adapter, out.chain, seed)
@@ -264,6 +286,17 @@ class VChainPipeline:
         missing = [name for name in names if getattr(self, name) is None]
         if missing:
             raise ConfigurationError(f"VChainPipeline needs {' and '.join(missing)} to {action}; none was given")
+
+    def _check_replanning(self, spec: Variant) -> None:
+        needs = ("reasoner", "image_backend", *(("tuner",) if spec.tuning else ()))
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ConfigurationError(f"VChainPipeline needs {' and '.join(missing)} for the re-planning rounds of a "
+                                     "search")  # fmt: skip
+        if not self.reasoner.supports("revise"):
+            raise ConfigurationError(
+                f"{type(self.reasoner).__name__} does not implement revise(), which search rounds need"
+            )
 
     def _check_components(self, run, spec: Variant, stages: tuple[str, ...]) -> None:
         """Everything that will run has its components, before any work; finished stages need none."""
@@ -400,6 +433,35 @@ class VChainPipeline:
 
         return run.step("sampling", inputs, compute=compute, load=lambda _: Rendered(_read_video(run.video_path)),
                         missing="generator")  # fmt: skip
+
+    def _search_step(self, run, prompt: str, text: str, adapter, chain, seed: int, search: SearchConfig):
+        """Sampling as a search: its settings, the judge (and what re-planning uses) are sampling inputs."""
+        inputs = None
+        if self.generator is not None:
+            inputs = {
+                "prompt": text, "seed": seed, "generator": self.generator.describe(),
+                "adapter": run.record("tuning").fingerprint if adapter is not None else None,
+                "search": search.to_dict(), "judge": judge_identity(self.judge, Search.judging),
+            }  # fmt: skip
+            if search.rounds:
+                inputs["replanning"] = {
+                    "reasoner": self.reasoner.describe(), "image_backend": self.image_backend.describe(),
+                    "reasoning": self.reasoning.to_dict(),
+                    "tuner": self.tuner.describe() if adapter is not None else None,
+                }  # fmt: skip
+
+        def compute(record) -> SearchResult:
+            return Search(self, run, record, search, seed, prompt)(chain, adapter, text)
+
+        def load(record) -> SearchResult:
+            state = record.search
+            final = state.rounds[-1] if state is not None and state.rounds else None
+            if final is not None and final.round > 0:
+                return SearchResult(_read_video(run.video_path), record.prompt,
+                                    ThoughtChain.load(run.path / final.folder), adapter=None)  # fmt: skip
+            return SearchResult(_read_video(run.video_path), record.prompt, chain, adapter)
+
+        return run.step("sampling", inputs, compute=compute, load=load, missing="generator")
 
     def _interpolate_step(self, run, chain: ThoughtChain) -> Rendered:
         num_frames = self.generator.num_frames if self.generator is not None else DEFAULT_FRAMES

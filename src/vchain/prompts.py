@@ -109,6 +109,35 @@ Caption the candidate must show: {caption}
 No keyframe has been accepted yet: the image is the candidate for the first keyframe, keyframe 0."""
 
 
+# Re-planning: the judge's objections reach the planner with the chain they were made about, so it can keep
+# what worked and change what the judge saw fail. The same rules as the first plan hold.
+REVISE_SYSTEM = (
+    PLAN_SYSTEM.removesuffix("Answer in the requested JSON structure.")
+    + """\
+You planned this video before. Its keyframes were drawn, the video was sampled from them, and a judge \
+rated it and said what went wrong. Plan the scene again so that the new video fixes every objection: \
+change the consequences, the scene or the first frame where the judge points to a mistake, and keep what \
+the judge did not object to.
+
+Answer in the requested JSON structure."""
+)
+
+REVISE_USER = """\
+Video prompt: {prompt}
+
+Your earlier plan:
+- thoughts: {thoughts}
+- consequences: {consequences}
+- context frame: {context_frame}
+- concise prompt: {concise_prompt}
+
+The keyframe captions drawn from it, in order:
+{captions}
+
+The judge's critique of the video sampled from these keyframes:
+{critique}"""
+
+
 def format_captions(captions: list[str]) -> str:
     return "\n".join(f"{i}. {caption}" for i, caption in enumerate(captions))
 
@@ -162,6 +191,25 @@ def next_keyframe_messages(chain: ThoughtChain, composite: Image.Image) -> list[
         {"role": "system", "content": NEXT_KEYFRAME_SYSTEM},
         {"role": "user", "content": [text_part(text), image_part(composite)]},
     ]
+
+
+def revise_messages(chain: ThoughtChain, critique: str) -> list[dict]:
+    text = REVISE_USER.format(
+        prompt=chain.input_prompt,
+        thoughts=chain.thoughts,
+        consequences=chain.consequences,
+        context_frame=chain.context_frame,
+        concise_prompt=chain.concise_prompt,
+        captions=format_captions(chain.captions),
+        critique=critique,
+    )
+    return [{"role": "system", "content": REVISE_SYSTEM}, {"role": "user", "content": [text_part(text)]}]
+
+
+def critique_text(scores: dict[str, int], reasons: dict[str, str], dimensions: tuple[str, ...]) -> str:
+    """The judge's verdict on the objective's `dimensions`, weakest first: what the reasoner is asked to fix."""
+    ranked = sorted(dimensions, key=lambda d: (scores[d], dimensions.index(d)))
+    return "\n".join(f"- {d.replace('_', ' ')}: {scores[d]}/5. {reasons[d]}" for d in ranked)
 
 
 def augment_messages(prompt: str) -> list[dict]:

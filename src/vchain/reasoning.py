@@ -295,6 +295,23 @@ def augment(
     return call(str, "augment", None, reasoner, "augment_prompt", check_prompt(prompt))
 
 
+def revise(
+    chain: ThoughtChain,
+    critique: str,
+    reasoner: Reasoner,
+    config: ReasoningConfig | None = None,
+    *,
+    meter: UsageMeter | None = None,
+    index: int | None = None,
+) -> ScenePlan:
+    """A new plan for `chain`'s prompt from the reasoner, given a judge's `critique` (re-asked if malformed).
+
+    Counted as step `revise`, `index` (the search round it opens).
+    """
+    call = _Caller(config or ReasoningConfig(), meter or UsageMeter())
+    return call(ScenePlan, "revise", index, reasoner, "revise", chain, critique)
+
+
 def edit_references(images: Sequence[Image.Image], limit: int | None, edit_inputs: str = "chain") -> list[Image.Image]:
     """The reference images of the next edit: the chain (or its last image), within the editor's limit.
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 from markupsafe import Markup, escape
 
 from vchain import _io
@@ -35,6 +36,7 @@ from vchain.judging import (
     summarize,
 )
 from vchain.run import VIDEO_FILE, file_digest, iter_runs, read_manifest
+from vchain.search import SearchOutcome, search_outcome
 from vchain.variants import VARIANTS
 from vchain.video import read_video
 
@@ -117,6 +119,28 @@ TEMPLATE = """\
     bootstrap confidence interval ([—]: fewer than two cases); the charts draw the same numbers.</p>
 </section>
 {% endif %}
+{% if search %}
+<section>
+  <h2>Test-time search</h2>
+  <table>
+    <tr>
+      <th>variant</th><th>runs</th><th>candidates</th><th>objective</th><th>no search</th><th>spread</th>
+      {% for d in dimensions %}<th>{{ d.title }}</th>{% endfor %}
+    </tr>
+    {% for row in search %}
+    <tr>
+      <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ "%g"|format(row.candidates) }}</td>
+      <td>{{ "%.2f"|format(row.chosen) }}</td><td>{{ "%.2f"|format(row.first) }}</td>
+      <td>{{ "%.2f"|format(row.low) }} to {{ "%.2f"|format(row.high) }}</td>
+      {% for d in dimensions %}<td>{{ "%.2f"|format(row.scores[d.name]) }}</td>{% endfor %}
+    </tr>
+    {% endfor %}
+  </table>
+  <p class="note">best-of-n: the chosen candidate of each searched run (by the search judge's objective), averaged
+    over runs; "no search" is the first candidate (the run's own seed); the spread is the lowest and highest
+    objective over all candidates, averaged over runs.</p>
+</section>
+{% endif %}
 {% for case in cases %}
 <section class="case">
   <h2>{{ case.prompt }}</h2>
@@ -152,6 +176,16 @@ TEMPLATE = """\
         </figure></li>
         {% endfor %}
       </ol>
+      {% endif %}
+      {% if run.candidates %}
+      <details><summary>Search: {{ run.candidates|length }} candidates</summary>
+        <ol class="candidates">
+          {% for c in run.candidates %}
+          <li><a href="{{ c.video }}">round {{ c.round }}, seed {{ c.seed }}</a>: {{ "%.2f"|format(c.objective) }}
+            {% if c.chosen %}<strong>(chosen)</strong>{% endif %}</li>
+          {% endfor %}
+        </ol>
+      </details>
       {% endif %}
       {% for judged in run.scores %}
       <table class="scores">
@@ -228,6 +262,15 @@ class _Judged:
     frames: list[_Frame]
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    round: int
+    seed: int
+    video: str
+    objective: float
+    chosen: bool
+
+
 @dataclass
 class _RunView:
     variant: str
@@ -236,12 +279,27 @@ class _RunView:
     sampled_prompt: str | None
     keyframes: list[_Keyframe]
     scores: list[_Judged]
+    candidates: list[_Candidate] = field(default_factory=list)
 
 
 @dataclass
 class _SeedRow:
     seed: int | None
     runs: dict[str, _RunView] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _SearchRow:
+    """A `best-of-n` row: a variant's searched runs, averaged."""
+
+    variant: str
+    runs: int
+    candidates: float
+    chosen: float
+    first: float
+    low: float
+    high: float
+    scores: dict[str, float]
 
 
 @dataclass
@@ -276,6 +334,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     frames_dir = base / f"{output.stem}_files"
     cases: dict[str, _CaseView] = {}
     finished: list[FinishedRun] = []
+    outcomes: list[SearchOutcome] = []
     for folder in iter_runs(root):
         try:
             manifest = read_manifest(folder)
@@ -297,7 +356,11 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
             sampled_prompt=manifest.stages.sampling.prompt,
             keyframes=_keyframes(folder, base),
             scores=_scores(folder, video, frames_dir / folder.relative_to(root), base),
+            candidates=_candidates(manifest, folder, base),
         )
+        outcome = search_outcome(manifest)
+        if outcome is not None:
+            outcomes.append(outcome)
     if not cases:
         raise ConfigurationError(f"root {str(root)!r} holds no run folder (a folder with manifest.json)")
     present = {variant for case in cases.values() for row in case.rows.values() for variant in row.runs}
@@ -315,6 +378,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
         summary=summary,
         charts={judge: chart(rows) for judge, rows in summary},
         agreements={judge: agreement_line(judge, read_calibration(root)) for judge, _ in summary},
+        search=_search_rows(outcomes, variants),
     )
     return _io.write_text(output, html)
 
@@ -368,6 +432,41 @@ def _scores(folder: Path, video: Path | None, frames_dir: Path, base: Path) -> l
             thumbnails.append(_Frame(_href(path, base), index))
         judged.append(_Judged(judge_label(entry), entry.scores, thumbnails))
     return judged
+
+
+def _candidates(manifest, folder: Path, base: Path) -> list[_Candidate]:
+    state = manifest.stages.sampling.search
+    if state is None or manifest.stages.sampling.status != "done":
+        return []
+    return [
+        _Candidate(
+            r.round,
+            c.seed,
+            _href(folder / c.video, base),
+            c.objective,
+            (r.round, c.seed) == (state.winner_round, state.winner_seed),
+        )
+        for r in state.rounds
+        for c in r.candidates
+        if c.objective is not None
+    ]
+
+
+def _search_rows(outcomes: list[SearchOutcome], variants: list[str]) -> list[_SearchRow]:
+    """One `best-of-n` row per variant that searched, in the page's variant order."""
+    rows = []
+    for variant in variants:
+        mine = [o for o in outcomes if o.variant == variant]
+        if not mine:
+            continue
+        label = "best-of-n" if len({o.variant for o in outcomes}) == 1 else f"{variant} best-of-n"
+        rows.append(_SearchRow(
+            label, len(mine), float(np.mean([o.candidates for o in mine])),
+            float(np.mean([o.chosen.objective for o in mine])), float(np.mean([o.first.objective for o in mine])),
+            float(np.mean([o.lowest for o in mine])), float(np.mean([o.highest for o in mine])),
+            {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
+        ))  # fmt: skip
+    return rows
 
 
 def _by_judge(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:

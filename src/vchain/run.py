@@ -56,6 +56,8 @@ T = TypeVar("T")
 MANIFEST_FILE = "manifest.json"
 VIDEO_FILE = "video.mp4"
 LORA_DIR = "lora"
+CANDIDATES_DIR = "candidates"
+ROUNDS_DIR = "rounds"
 LOCK_FILE = ".lock"
 IMPORTED = "imported"
 Status = Literal["pending", "running", "done", "failed", "skipped"]
@@ -91,11 +93,58 @@ class TuningRecord(StageRecord):
     losses: list[tuple[int, float]] = []
 
 
+class CandidateRecord(BaseModel):
+    """One candidate video of a test-time search: its seed, file and the judge's scores once judged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    video: str = Field(description="the candidate's mp4, relative to the run folder")
+    scores: dict[str, int] = Field({}, description="the judge's score per dimension (empty until judged)")
+    reasons: dict[str, str] = Field({}, description="the judge's reason per dimension")
+    objective: float | None = Field(None, description="the mean score over the search objective's dimensions")
+
+
+class RoundRecord(BaseModel):
+    """One round of a search: its chain (round 0: the run's own), its adapter and its candidates.
+
+    A re-planned round keeps its paid answers here as the reasoning stage does, so a resume asks for nothing
+    twice; its chain, `lora/` and candidates live in `folder`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int = Field(ge=0)
+    folder: str = Field("", description="where the round's artifacts live, relative to the run folder")
+    critique: str | None = Field(None, description="what the reasoner was told to revise (rounds after the first)")
+    reasoned: bool = False
+    tuned: bool = False
+    keyframes: int = 0
+    stop_reason: StopReason | None = None
+    answers: list[KeyframeAnswer] = []
+    checks: list[KeyframeCheck] = []
+    corrections: dict[int, ColorCorrection] = {}
+    candidates: list[CandidateRecord] = []
+
+
+class SearchRecord(BaseModel):
+    """A test-time search: every round and candidate, the winner, and where the time went."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: dict[str, Any] = Field({}, description="the judge's description and the frames it sees")
+    rounds: list[RoundRecord] = []
+    winner_round: int | None = None
+    winner_seed: int | None = None
+    seconds: dict[str, float] = Field({}, description="sampling, judging, replanning and tuning of the search")
+
+
 class SamplingRecord(StageRecord):
     prompt: str | None = None
     seed: int | None = None
     frames: int = 0
     size: tuple[int, int] | None = None
+    search: SearchRecord | None = None
 
 
 class Stages(BaseModel):
@@ -354,11 +403,11 @@ class RunDirectory:
         logger.info("Imported the chain in %s (%d keyframes) as finished reasoning", self.path, len(chain.images))
 
     def _entries(self) -> Iterator[Path]:
-        """What vchain may touch: the folder's own entries and what is inside `lora/`."""
+        """What vchain may touch: the folder's own entries and what is inside `lora/` and the search's folders."""
         for item in self.path.iterdir():
             yield item
-            if item.name == LORA_DIR and item.is_dir() and not item.is_symlink():
-                yield from item.rglob("*")
+            if item.name in (LORA_DIR, CANDIDATES_DIR, ROUNDS_DIR) and item.is_dir() and not item.is_symlink():
+                yield from _walk(item)
 
     def _refuse_odd_artifacts(self) -> None:
         for name in (MANIFEST_FILE, CHAIN_FILE, METADATA_FILE, VIDEO_FILE):
@@ -399,6 +448,14 @@ class RunDirectory:
             shutil.rmtree(self.lora_path)
         if self.video_path.is_file() and VIDEO_FILE not in referenced:
             self.video_path.unlink()
+        # A search's candidate videos and re-planned adapters count once recorded; a re-planned round's chain
+        # is kept (its paid answers are in the manifest) and trimmed by `partial_chain` like the run's own.
+        for path in [*self.path.glob(f"{CANDIDATES_DIR}/*"), *self.path.glob(f"{ROUNDS_DIR}/*/{CANDIDATES_DIR}/*")]:
+            if path.is_file() and str(path.relative_to(self.path)) not in referenced:
+                path.unlink()
+        for path in self.path.glob(f"{ROUNDS_DIR}/*/{LORA_DIR}"):
+            if not any(name.startswith(f"{path.relative_to(self.path)}/") for name in referenced):
+                shutil.rmtree(path)
         for prefix in {name.rsplit("_", 1)[0] for name in referenced if name.endswith("_0.png")}:
             for path in self.path.glob(f"{prefix}_*.png"):
                 if path.name not in referenced and path.stem.rsplit("_", 1)[-1].isdigit():
@@ -574,11 +631,18 @@ class RunDirectory:
             shutil.rmtree(self.lora_path, ignore_errors=True)
         if stage == "sampling":
             self.video_path.unlink(missing_ok=True)
+            for name in (CANDIDATES_DIR, ROUNDS_DIR):
+                shutil.rmtree(self.path / name, ignore_errors=True)
         setattr(self.manifest.stages, stage, type(record)())
 
     def set_outputs(self, stage: str, names: list[str]) -> None:
         with self._mutex:
             self.record(stage).outputs = self._digests(names)
+
+    def add_outputs(self, stage: str, names: list[str]) -> None:
+        """Record more artifacts of `stage` (a search records each candidate as it lands)."""
+        with self._mutex:
+            self.record(stage).outputs = {**self.record(stage).outputs, **self._digests(names)}
 
     def _digests(self, names: list[str]) -> dict[str, str]:
         return {name: file_digest(self.path / name) for name in names}
@@ -595,30 +659,63 @@ class RunDirectory:
 
         return UsageMeter(self.manifest.calls, on_record=persist)
 
-    def partial_chain(self) -> ThoughtChain | None:
-        """The committed chain of an unfinished reasoning stage; keyframes beyond its captions are removed."""
-        if not (self.path / CHAIN_FILE).is_file():
+    def partial_chain(self, folder: str = "") -> ThoughtChain | None:
+        """The committed chain of unfinished reasoning in `folder` (relative; the run's own by default);
+        keyframes beyond its captions are removed."""
+        where = self.path / folder
+        if not (where / CHAIN_FILE).is_file():
             return None
-        chain = ThoughtChain.load(self.path, with_images=False)
+        chain = ThoughtChain.load(where, with_images=False)
         committed = set(chain.file_names)
-        for path in self.path.glob(f"{chain.name}_*.png"):
+        for path in where.glob(f"{chain.name}_*.png"):
             if path.name not in committed:
                 path.unlink()
-        if (self.path / chain.file_names[0]).is_file():
-            chain = ThoughtChain.load(self.path, with_images=True)
+        if (where / chain.file_names[0]).is_file():
+            chain = ThoughtChain.load(where, with_images=True)
         return chain
 
-    def reasoning_log(self) -> ReasoningLog:
-        return _FolderReasoningLog(self)
+    def reasoning_log(self, record: ReasoningRecord | RoundRecord | None = None, folder: str = "") -> ReasoningLog:
+        """The log that keeps paid answers in `record` (the reasoning stage's by default) and the chain in `folder`."""
+        return _FolderReasoningLog(self, record or self.manifest.stages.reasoning, folder)
 
-    def write_video(self, frames, fps: int) -> float:
-        """Write `video.mp4` atomically and record it; returns the seconds it took."""
+    def write_video(self, frames, fps: int, name: str = VIDEO_FILE) -> float:
+        """Write the video `name` (`video.mp4` by default) atomically and record it; returns the seconds it took."""
         from vchain.video import write_video
 
         start = time.perf_counter()
-        write_video(frames, self.video_path, fps=fps)
-        self.set_outputs("sampling", [VIDEO_FILE])
+        write_video(frames, self.path / name, fps=fps)
+        self.add_outputs("sampling", [name])
         return round(time.perf_counter() - start, 3)
+
+    def copy_video(self, source: str) -> float:
+        """Copy the recorded video `source` (relative) to `video.mp4` byte for byte, and record it."""
+        start = time.perf_counter()
+        data = (self.path / source).read_bytes()
+        _io.atomic_write(self.video_path, lambda f: f.write(data))
+        self.add_outputs("sampling", [VIDEO_FILE])
+        return round(time.perf_counter() - start, 3)
+
+    def write_adapter(self, adapter, folder: str) -> None:
+        """Write the adapter into `folder/lora/` (relative) now, whole or not at all, and record it."""
+        staging = self._stage_adapter(adapter)
+        target = self.path / folder / LORA_DIR
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        self.add_outputs("sampling", sorted(str(p.relative_to(self.path)) for p in target.rglob("*") if p.is_file()))
+
+    def _stage_adapter(self, adapter) -> Path:
+        """The adapter saved into a fresh hidden folder of the run, with shareable modes."""
+        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".lora-"))
+        try:
+            adapter.save(staging)
+            for root, dirs, files in os.walk(staging):
+                for name in dirs + files:
+                    os.chmod(Path(root) / name, 0o755 if name in dirs else 0o644)
+            os.chmod(staging, 0o755)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return staging
 
     def save_adapter(self, adapter) -> None:
         """Write the adapter to `lora/` in the background (sampling goes on from memory meanwhile).
@@ -628,15 +725,10 @@ class RunDirectory:
         save once the move is done, so an unrecorded `lora/` is never trusted.
         """
         self.wait_for_adapter()
-        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".lora-"))
 
         def save() -> None:
             try:
-                adapter.save(staging)
-                for root, dirs, files in os.walk(staging):
-                    for name in dirs + files:
-                        os.chmod(Path(root) / name, 0o755 if name in dirs else 0o644)
-                os.chmod(staging, 0o755)
+                staging = self._stage_adapter(adapter)
                 shutil.rmtree(self.lora_path, ignore_errors=True)
                 staging.rename(self.lora_path)
                 self._saved_lora = sorted(
@@ -644,7 +736,6 @@ class RunDirectory:
                 )
             except Exception as e:
                 logger.error("Saving the adapter to %s failed (%s); a resumed run will tune again", self.lora_path, e)
-                shutil.rmtree(staging, ignore_errors=True)
 
         self._saver = threading.Thread(target=save, name="vchain-save-lora")
         self._saver.start()
@@ -679,10 +770,9 @@ class RunDirectory:
 class _FolderReasoningLog(ReasoningLog):
     """Paid answers go into the manifest before the edit that uses them; the chain is saved per step."""
 
-    def __init__(self, run: RunDirectory):
-        record = run.manifest.stages.reasoning
+    def __init__(self, run: RunDirectory, record: ReasoningRecord | RoundRecord, folder: str = ""):
         super().__init__({a.index: a for a in record.answers}, list(record.checks), dict(record.corrections))
-        self.run, self.record = run, record
+        self.run, self.record, self.folder = run, record, folder
 
     def record_answer(self, answer: KeyframeAnswer) -> None:
         super().record_answer(answer)
@@ -699,7 +789,7 @@ class _FolderReasoningLog(ReasoningLog):
         self.record.corrections = dict(self.corrections)
 
     def commit(self, chain: ThoughtChain) -> None:
-        chain.save(self.run.path)
+        chain.save(self.run.path / self.folder)
         self.record.keyframes = len(chain.images)
 
 
@@ -758,6 +848,14 @@ class NullRun:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Everything below `folder`, without following links (a linked folder is yielded, not entered)."""
+    for item in folder.iterdir():
+        yield item
+        if item.is_dir() and not item.is_symlink():
+            yield from _walk(item)
 
 
 def chain_files(chain: ThoughtChain) -> list[str]:

@@ -14,14 +14,19 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vchain import _io
 from vchain._redact import redact
 from vchain.cases import Case, as_cases
 from vchain.chain import chain_name
 from vchain.errors import ConfigurationError, VChainError
+from vchain.judging import DIMENSIONS
 from vchain.run import MANIFEST_FILE, CaseRecord, RunDirectory, hold, read_manifest
 from vchain.variants import STAGES
+
+if TYPE_CHECKING:
+    from vchain.search import SearchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -147,16 +152,21 @@ def run_suite(
     prompts: Sequence[str | Case] = PAPER_CASES,
     seed: int = 0,
     seeds: Sequence[int] | None = None,
+    search: SearchConfig | None = None,
 ) -> list[SuiteRun]:
     """Run this process's share of cases x variants (x seeds); the main process then writes the summary.
 
     `prompts` is the prompt set (`vchain.cases.load_cases` reads a benchmark's file); each run's
     manifest records its case (id, index, meta) and seed. `make_pipeline()` is called once per process,
     after the process knows its device. A failing run is logged and recorded in its manifest; the others
-    go on. Returns the runs this process executed.
+    go on. Returns the runs this process executed. With
+    `search`, each variant searches as far as it can (`vchain.search.for_variant`; the pipeline needs a judge).
     """
     import torch
     from accelerate import PartialState
+
+    from vchain.search import for_variant
+    from vchain.variants import VARIANTS
 
     cases = list(range(len(prompts))) if cases is None else list(cases)
     runs = plan_runs(root, cases, variants, prompts, seeds=seeds, seed=seed)
@@ -174,7 +184,10 @@ def run_suite(
                     if folder.manifest.case != run.record():
                         folder.manifest.case = run.record()
                         folder.save()
-                pipe(run.prompt, run.path, variant=run.variant, seed=run.seed)
+                pipe(
+                    run.prompt, run.path, variant=run.variant, seed=run.seed,
+                    search=for_variant(search, VARIANTS[run.variant]),
+                )  # fmt: skip
             outcomes.append({"run": run.id, "status": "done"})
         except Exception as e:  # one broken case must not stop the suite
             logger.error("Run %s failed: %s", run.id, e)
@@ -193,10 +206,20 @@ SUMMARY_COLUMNS = (
     "run", "case_id", "variant", "seed", "status", "reasoning_s", "tuning_s", "sampling_s", "requests",
     "input_tokens", "output_tokens", "images", "keyframes",
 )  # fmt: skip
+# A searched run adds a `best-of-n` row: the chosen candidate's scores, the objective of the first candidate
+# (the run's own seed: what no search would have kept) and the spread of the objective over all candidates.
+SEARCH_COLUMNS = (
+    "candidates", "chosen_round", "chosen_seed", "objective", "first_objective", "objective_min", "objective_max",
+    *DIMENSIONS,
+)  # fmt: skip
 
 
 def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
-    """`summary.csv` and `summary.md`: per run, its status, per-stage times and API usage."""
+    """`summary.csv` and `summary.md`: per run, its status, per-stage times and API usage; a searched run is
+    followed by its `best-of-n` row (`SEARCH_COLUMNS`)."""
+    from vchain.search import search_outcome
+
+    columns = (*SUMMARY_COLUMNS, *SEARCH_COLUMNS)
     rows = []
     for run in runs:
         try:
@@ -205,7 +228,7 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
             logger.warning("Skipping %s in the summary: %s", run.id, e)
             manifest = None
         if manifest is None:
-            rows.append({**dict.fromkeys(SUMMARY_COLUMNS, ""), "run": run.id, "case_id": run.case_id,
+            rows.append({**dict.fromkeys(columns, ""), "run": run.id, "case_id": run.case_id,
                          "variant": run.variant, "seed": run.seed, "status": "missing"})  # fmt: skip
             continue
         stages, usage = manifest.stages, manifest.usage
@@ -215,14 +238,27 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
             **{f"{s}_s": getattr(stages, s).total_seconds for s in STAGES},
             "requests": usage.requests, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
             "images": usage.images_out, "keyframes": stages.reasoning.keyframes or "",
+            **dict.fromkeys(SEARCH_COLUMNS, ""),
         })  # fmt: skip
+        outcome = search_outcome(manifest)
+        if outcome is not None:
+            rows.append({
+                **dict.fromkeys(columns, ""), "run": run.id, "case_id": run.case_id, "variant": "best-of-n",
+                "seed": run.seed, "status": manifest.status(),
+                "candidates": outcome.candidates, "chosen_round": outcome.winner_round,
+                "chosen_seed": outcome.winner_seed, "objective": round(outcome.chosen.objective, 3),
+                "first_objective": round(outcome.first.objective, 3), "objective_min": round(outcome.lowest, 3),
+                "objective_max": round(outcome.highest, 3), **outcome.chosen.scores,
+            })  # fmt: skip
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     root = Path(root)
     _io.write_text(root / "summary.csv", buffer.getvalue())
-    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    lines += ["| " + " | ".join(str(row[c]) for c in SUMMARY_COLUMNS) + " |" for row in rows]
+    # The markdown shows the search columns only when a run searched.
+    shown = columns if any(row["variant"] == "best-of-n" for row in rows) else SUMMARY_COLUMNS
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(str(row[c]) for c in shown) + " |" for row in rows]
     _io.write_text(root / "summary.md", "\n".join(lines) + "\n")
     return root / "summary.csv"

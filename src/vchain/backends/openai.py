@@ -296,6 +296,9 @@ class OpenAIReasoner(_OpenAIChat, Reasoner):
     def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
         return self._parse(prompts.verify_messages(chain, image, caption), KeyframeVerdict)
 
+    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
+        return self._parse(prompts.revise_messages(chain, critique), ScenePlan)
+
     def augment_prompt(self, prompt: str) -> str:
         messages = self._messages(prompts.augment_messages(prompt))
         completion, seconds = self._send(

@@ -189,6 +189,9 @@ class TransformersReasoner(Reasoner):
     def augment_prompt(self, prompt: str) -> str:
         return self.complete(prompts.augment_messages(prompt), AugmentedPrompt).prompt
 
+    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
+        return self.complete(prompts.revise_messages(chain, critique), ScenePlan)
+
     def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
         return self.complete(prompts.verify_messages(chain, image, caption), KeyframeVerdict)
 

@@ -1,6 +1,7 @@
 """Test doubles shipped with vchain: run the whole pipeline offline, in your tests or in `vchain demo`.
 
 - `ScriptedReasoner`: a `Reasoner` that answers from a script and records what it was asked.
+- `ScriptedJudge`: a `Judge` whose scores a test sets, call by call.
 - `DrawingImageBackend`: an `ImageBackend` that draws recognisable, deterministic images.
 - `FakeOpenAIServer`: a local OpenAI-compatible HTTP server (127.0.0.1, free port) for the real `openai`
   client: chat completions with structured output and image inputs, image generations and edits,
@@ -15,7 +16,7 @@ Kontext), and `vchain.testing.toy` (`ToyGenerator`, a tunable generator with no 
 """
 
 from vchain.testing.demo import DEMO_CAPTIONS, DEMO_PROMPT, demo_pipeline
-from vchain.testing.fakes import DrawingImageBackend, ScriptedReasoner, draw_image, example_plan
+from vchain.testing.fakes import DrawingImageBackend, ScriptedJudge, ScriptedReasoner, draw_image, example_plan
 from vchain.testing.openai_server import (
     FakeOpenAIServer,
     Fault,
@@ -37,6 +38,7 @@ __all__ = [
     "RawImage",
     "RecordedRequest",
     "Reply",
+    "ScriptedJudge",
     "ScriptedReasoner",
     "demo_pipeline",
     "draw_image",

@@ -1,4 +1,4 @@
-"""Test doubles: a scripted reasoner and a drawing image backend."""
+"""Test doubles: a scripted reasoner, a scripted judge and a drawing image backend."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
-from vchain.interfaces import ImageBackend, Reasoner
+from vchain.interfaces import ImageBackend, Judge, Reasoner
 
 
 def example_plan(prompt: str) -> ScenePlan:
@@ -32,6 +32,7 @@ class ScriptedReasoner(Reasoner):
             then repeats its final caption).
         augmented: what `augment_prompt` returns (`"{prompt}"` is replaced by the prompt).
         verdicts: what `verify_keyframe` answers, in order (then every keyframe matches).
+        revisions: what `revise` answers, in order; then a plan that names the revision and its critique.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class ScriptedReasoner(Reasoner):
         flag_last: bool = True,
         augmented: str = "{prompt}, in rich physical detail.",
         verdicts: Sequence[KeyframeVerdict] = (),
+        revisions: Sequence[ScenePlan] = (),
     ):
         if not captions:
             raise ValueError("captions must hold at least one keyframe caption, got none")
@@ -50,6 +52,7 @@ class ScriptedReasoner(Reasoner):
         self.flag_last = flag_last
         self.augmented = augmented
         self.verdicts = list(verdicts)
+        self.revisions = list(revisions)
         self.calls: list[tuple[str, Any]] = []
 
     def plan(self, prompt: str) -> ScenePlan:
@@ -72,6 +75,50 @@ class ScriptedReasoner(Reasoner):
     def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
         self.calls.append(("verify_keyframe", len(chain.images)))
         return self.verdicts.pop(0) if self.verdicts else KeyframeVerdict(matches=True, problem="")
+
+    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
+        self.calls.append(("revise", critique))
+        if self.revisions:
+            return self.revisions.pop(0)
+        count = sum(call[0] == "revise" for call in self.calls)
+        plan = example_plan(chain.input_prompt)
+        return plan.model_copy(update={
+            "thoughts": f"{plan.thoughts} Revision {count}, answering: {critique}",
+            "concise_prompt": f"Revision {count} of the initial state of: {chain.input_prompt}",
+        })  # fmt: skip
+
+
+class ScriptedJudge(Judge):
+    """A judge that answers from a script, one entry per call in order (then the last entry again).
+
+    Args:
+        script: per call, one score for every dimension (an int from 1 to 5) or a dict of dimension ->
+            score (dimensions left out score 3).
+        reason: each dimension's reason; `{dimension}`, `{score}` and `{call}` (from 1) are filled in.
+
+    `calls` records each call as (prompt, number of frames).
+    """
+
+    def __init__(self, script: Sequence[int | dict[str, int]] = (3,), *, reason: str = "{dimension} scored {score} "
+                 "on call {call}."):  # fmt: skip
+        if not script:
+            raise ValueError("script must hold at least one entry, got none")
+        self.script = list(script)
+        self.reason = reason
+        self.calls: list[tuple[str, int]] = []
+
+    def score(self, prompt: str, frames: Sequence[Image.Image]):
+        from vchain.judging import DIMENSIONS, VideoScores
+
+        self.calls.append((prompt, len(frames)))
+        entry = self.script[min(len(self.calls), len(self.script)) - 1]
+        scores = dict.fromkeys(DIMENSIONS, entry) if isinstance(entry, int) else {**dict.fromkeys(DIMENSIONS, 3),
+                                                                                   **entry}  # fmt: skip
+        fields: dict[str, Any] = {}
+        for dimension, value in scores.items():
+            fields[f"{dimension}_reason"] = self.reason.format(dimension=dimension, score=value, call=len(self.calls))
+            fields[dimension] = value
+        return VideoScores(**fields)
 
 
 def draw_image(text: str, width: int, height: int) -> Image.Image:
