@@ -1,0 +1,177 @@
+"""LoRA interchange on the tiny Wan: ComfyUI / original-Wan export read back by stock diffusers, and the
+ComfyUI, musubi-tuner and original-Wan layouts read into vchain (through diffusers' converters)."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
+from vchain.errors import ConfigurationError, VChainError
+from vchain.lora_files import find_lora_files, wan_name
+from vchain.testing import draw_image, tiny_wan_pipeline
+from vchain.tuning import LoRAAdapter
+
+SIZE = dict(height=32, width=32, num_frames=1, num_inference_steps=3, max_sequence_length=32)
+CAPTIONS = ["a red egg on the table", "a blue ball in the water"]
+PROMPT = "a yellow duck falls into the water"
+
+
+def pairs():
+    return [(draw_image(caption, 32, 32), caption) for caption in CAPTIONS]
+
+
+def stock_latents(pipeline):
+    return pipeline(PROMPT, generator=torch.Generator().manual_seed(0), output_type="latent", **SIZE).frames
+
+
+def keys_of(path):
+    with safe_open(str(path), framework="pt") as f:
+        return set(f.keys())
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return WanVideoGenerator(tiny_wan_pipeline(), **SIZE)
+
+
+@pytest.fixture(scope="module")
+def tuned(wan):
+    """A rank-4, alpha-8 LoRA (alpha differs from the rank, so a lost alpha shows) and its samples."""
+    adapter = WanLoRATuner(steps=8, learning_rate=1e-2, rank=4, alpha=8).tune(wan, pairs())
+    base = wan.sample(PROMPT, seed=0, output_type="latent")
+    with adapter.apply(wan):
+        tuned = wan.sample(PROMPT, seed=0, output_type="latent")
+    assert (tuned - base).abs().max().item() > 1e-2  # the LoRA matters, so agreement below means something
+    return adapter, tuned
+
+
+def test_the_comfyui_export_uses_the_original_wan_names_with_down_up_and_alpha(tuned, tmp_path):
+    adapter, _ = tuned
+    path = adapter.save(tmp_path, format="comfyui")
+    assert path == tmp_path / "vchain_lora.safetensors"
+    tensors = load_file(path)
+    names = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+             "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]  # fmt: skip
+    expected = {
+        f"diffusion_model.blocks.{block}.{name}.{part}"
+        for block in range(2)
+        for name in names
+        for part in ("lora_down.weight", "lora_up.weight", "alpha")
+    }
+    assert set(tensors) == expected
+    assert tensors["diffusion_model.blocks.1.cross_attn.o.alpha"].item() == 8.0
+    assert tensors["diffusion_model.blocks.0.ffn.0.lora_down.weight"].shape == (4, 24)  # rank x in_features
+    assert tensors["diffusion_model.blocks.0.ffn.0.lora_up.weight"].shape == (32, 4)  # ffn_dim x rank
+
+
+def test_stock_diffusers_reads_the_comfyui_file_to_the_same_samples(tuned, tmp_path):
+    adapter, in_memory = tuned
+    path = adapter.save(tmp_path / "rock.safetensors", format="comfyui")
+    assert path == tmp_path / "rock.safetensors" and path.is_file()
+    stock = tiny_wan_pipeline()
+    stock.load_lora_weights(path)  # diffusers' non-diffusers Wan converter
+    assert (stock_latents(stock) - in_memory).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_a_comfyui_file_loads_back_into_vchain_to_the_same_samples(wan, tuned, tmp_path, where):
+    adapter, in_memory = tuned
+    path = adapter.save(tmp_path, format="comfyui")
+    loaded = WanLoRATuner().load_adapter(path if where == "file" else tmp_path)
+    # diffusers' converter folds each alpha into the weights: the same update, read as alpha = rank.
+    assert (loaded.rank, loaded.alpha) == (4, 4.0)
+    for merge in (True, False):
+        loaded.merge = merge
+        with loaded.apply(wan):
+            assert (wan.sample(PROMPT, seed=0, output_type="latent") - in_memory).abs().max().item() < 1e-5
+
+
+def test_musubi_tuner_files_load_through_diffusers_converter(wan, tuned, tmp_path):
+    adapter, in_memory = tuned
+    comfy = load_file(adapter.save(tmp_path, format="comfyui"))
+    musubi = {}
+    for key, value in comfy.items():
+        module, part = key.removeprefix("diffusion_model.").split(".lora_") if ".lora_" in key else (
+            key.removeprefix("diffusion_model.").removesuffix(".alpha"), None)  # fmt: skip
+        name = "lora_unet_" + module.replace(".", "_")
+        musubi[f"{name}.lora_{part}" if part else f"{name}.alpha"] = value
+    save_file(musubi, tmp_path / "musubi.safetensors")
+    loaded = WanLoRATuner().load_adapter(tmp_path / "musubi.safetensors")
+    with loaded.apply(wan):
+        assert (wan.sample(PROMPT, seed=0, output_type="latent") - in_memory).abs().max().item() < 1e-5
+
+
+def test_wan22_experts_export_as_a_high_and_low_noise_pair_that_stock_diffusers_loads(tmp_path):
+    generator = WanVideoGenerator(tiny_wan_pipeline(two_experts=True), **SIZE)
+    adapter = WanLoRATuner(steps=8, learning_rate=1e-2, rank=4).tune(generator, pairs())
+    with adapter.apply(generator):
+        in_memory = generator.sample(PROMPT, seed=0, output_type="latent")
+    high = adapter.save(tmp_path / "rock.safetensors", format="comfyui")
+    low = tmp_path / "rock_low_noise.safetensors"
+    assert high == tmp_path / "rock_high_noise.safetensors" and low.is_file()
+    assert not (tmp_path / "rock.safetensors").exists()
+
+    stock = tiny_wan_pipeline(two_experts=True)
+    stock.load_lora_weights(high)
+    stock.load_lora_weights(low, load_into_transformer_2=True)
+    assert (stock_latents(stock) - in_memory).abs().max().item() < 1e-4
+
+    assert find_lora_files(high) == [high, low] and find_lora_files(tmp_path) == [high, low]
+    loaded = WanLoRATuner().load_adapter(high)
+    with loaded.apply(generator):
+        assert (generator.sample(PROMPT, seed=0, output_type="latent") - in_memory).abs().max().item() < 1e-5
+
+
+def test_an_unknown_format_is_named_and_writes_nothing(tuned, tmp_path):
+    adapter, _ = tuned
+    with pytest.raises(ConfigurationError, match="format must be one of 'diffusers', 'comfyui', got 'kohya'"):
+        adapter.save(tmp_path, format="kohya")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_module_without_an_original_wan_name_is_refused_before_writing(tmp_path):
+    state_dict = {"proj_out.lora_A.weight": torch.zeros(4, 24), "proj_out.lora_B.weight": torch.zeros(64, 4)}
+    adapter = LoRAAdapter([state_dict], rank=4, alpha=4, target_modules=("proj_out",))
+    with pytest.raises(ConfigurationError, match="'proj_out' has no name in ComfyUI"):
+        adapter.save(tmp_path, format="comfyui")
+    assert list(tmp_path.iterdir()) == []
+    assert wan_name("blocks.7.attn2.add_k_proj") == "blocks.7.cross_attn.k_img"
+    with pytest.raises(ConfigurationError, match=r"blocks\.0\.attn1\.add_k_proj"):
+        wan_name("blocks.0.attn1.add_k_proj")
+
+
+def test_a_file_of_another_model_or_rank_is_one_clear_error_and_the_model_is_untouched(wan, tuned, tmp_path):
+    adapter, _ = tuned
+    tensors = load_file(adapter.save(tmp_path, format="comfyui"))
+    wider = {k: torch.zeros(v.shape[0], 48) if k.endswith("self_attn.q.lora_down.weight") else v
+             for k, v in tensors.items()}  # fmt: skip
+    save_file(wider, tmp_path / "other_model.safetensors")
+    before = {k: v.clone() for k, v in wan.pipeline.transformer.state_dict().items()}
+    loaded = WanLoRATuner().load_adapter(tmp_path / "other_model.safetensors")
+    with pytest.raises(VChainError, match=r"'blocks\.0\.attn1\.to_q' has shape .*another model"), loaded.apply(wan):
+        pass
+    after = wan.pipeline.transformer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    mixed = {k: torch.zeros(8, v.shape[1]) if k == "diffusion_model.blocks.0.ffn.2.lora_down.weight" else v
+             for k, v in tensors.items()}  # fmt: skip
+    mixed["diffusion_model.blocks.0.ffn.2.lora_up.weight"] = torch.zeros(24, 8)
+    save_file(mixed, tmp_path / "mixed.safetensors")
+    with pytest.raises(VChainError, match=r"rank\(s\) \[4, 8\]"):
+        WanLoRATuner().load_adapter(tmp_path / "mixed.safetensors")
+
+    broken = {k: v for k, v in tensors.items() if k != "diffusion_model.blocks.1.self_attn.k.lora_up.weight"}
+    save_file(broken, tmp_path / "broken.safetensors")
+    with pytest.raises(VChainError, match="ComfyUI / original-Wan keys that diffusers' Wan converter cannot read"):
+        WanLoRATuner().load_adapter(tmp_path / "broken.safetensors")
+
+
+def test_a_folder_with_several_unrelated_files_is_named(tuned, tmp_path):
+    adapter, _ = tuned
+    adapter.save(tmp_path / "a.safetensors", format="comfyui")
+    adapter.save(tmp_path / "b.safetensors", format="comfyui")
+    with pytest.raises(VChainError, match=r"\(a\.safetensors, b\.safetensors\) are not one LoRA file"):
+        WanLoRATuner().load_adapter(tmp_path)
+    with pytest.raises(VChainError, match="no LoRA at"):
+        WanLoRATuner().load_adapter(tmp_path / "missing.safetensors")
