@@ -7,9 +7,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
+from vchain.cli import main
 from vchain.errors import ConfigurationError, VChainError
-from vchain.lora_files import find_lora_files, wan_name
-from vchain.testing import draw_image, tiny_wan_pipeline
+from vchain.lora_files import find_lora_files, lora_pairs, wan_name
+from vchain.testing import DEMO_PROMPT, demo_pipeline, draw_image, tiny_wan_pipeline
 from vchain.tuning import LoRAAdapter
 
 SIZE = dict(height=32, width=32, num_frames=1, num_inference_steps=3, max_sequence_length=32)
@@ -175,3 +176,69 @@ def test_a_folder_with_several_unrelated_files_is_named(tuned, tmp_path):
         WanLoRATuner().load_adapter(tmp_path)
     with pytest.raises(VChainError, match="no LoRA at"):
         WanLoRATuner().load_adapter(tmp_path / "missing.safetensors")
+
+
+# ------------------------------------------------------------------------------------- vchain export-lora
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "egg"
+    demo_pipeline(steps=3)(DEMO_PROMPT, run, stop_after="tuning")
+    return run
+
+
+def updates(adapter):
+    """Each module's LoRA update scale * B @ A: what two layouts of one LoRA share."""
+    return {module: adapter.scale * up @ down for module, down, up in lora_pairs(adapter.state_dicts[0])}
+
+
+def test_export_lora_writes_the_runs_lora_in_both_formats_and_leaves_the_run_as_it_was(tuned_run, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in tuned_run.rglob("*") if p.is_file() and p.name != ".lock"}
+    run_lora = updates(LoRAAdapter.load(tuned_run / "lora"))
+
+    file = tmp_path / "egg.safetensors"
+    assert main(["export-lora", str(tuned_run), "-o", str(file)]) == 0
+    assert f"comfyui LoRA -> {file}" in capsys.readouterr().out
+    assert all(key.startswith("diffusion_model.blocks.") for key in keys_of(file))
+    exported = updates(LoRAAdapter.load(file))
+    assert exported.keys() == run_lora.keys() and len(run_lora) == 20  # 2 blocks x 10 linears
+    assert all(torch.allclose(exported[m], run_lora[m], atol=1e-7) for m in run_lora)
+
+    assert main(["export-lora", str(tuned_run), "--format", "diffusers", "-o", str(tmp_path / "folder")]) == 0
+    written = load_file(tmp_path / "folder" / "pytorch_lora_weights.safetensors")
+    original = load_file(tuned_run / "lora" / "pytorch_lora_weights.safetensors")
+    assert written.keys() == original.keys() and all(torch.equal(written[k], original[k]) for k in original)
+    assert before == {p: p.read_bytes() for p in tuned_run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "kohya", "-o", "{tmp}/x"], "invalid choice: 'kohya'"),
+        (["-o", "{run}/lora/x.safetensors"], "lies inside the run folder"),
+        (["-o", "{tmp}/kept.safetensors"], "kept.safetensors already exist"),
+        (["--format", "diffusers", "-o", "{tmp}/x.safetensors"], "the diffusers format writes a folder"),
+    ],
+)
+def test_export_lora_refuses_bad_requests_and_loses_nothing(tuned_run, tmp_path, capsys, args, message):
+    (tmp_path / "kept.safetensors").write_bytes(b"someone's file")
+    before = {p: p.read_bytes() for p in tuned_run.rglob("*") if p.is_file() and p.name != ".lock"}
+    args = [a.format(tmp=tmp_path, run=tuned_run) for a in args]
+    try:
+        code = main(["export-lora", str(tuned_run), *args])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "kept.safetensors").read_bytes() == b"someone's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.safetensors"]
+    assert before == {p: p.read_bytes() for p in tuned_run.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def test_export_lora_needs_a_run_that_tuned(tmp_path, capsys):
+    assert main(["export-lora", str(tmp_path), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "holds no vchain run" in capsys.readouterr().err
+    demo_pipeline()(DEMO_PROMPT, tmp_path / "thought", stop_after="reasoning")
+    assert main(["export-lora", str(tmp_path / "thought"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "holds no saved LoRA (tuning is pending)" in capsys.readouterr().err

@@ -203,3 +203,50 @@ def _converted(tensors: dict[str, torch.Tensor], layout: str, path: Path) -> dic
             f"LoRA file {str(path)!r} has {names} keys that diffusers' Wan converter cannot read "
             f"({type(e).__name__}: {str(e)[:200]}); it is not a Wan LoRA in that layout"
         ) from e
+
+
+def export_lora(run_dir: str | Path, output: str | Path, format: str = "comfyui") -> list[Path]:
+    """Write the LoRA a run folder tuned (`lora/`) to `output` in `format`; returns the files written.
+
+    The run folder is read under its lock and left as it is; `output` must lie outside it, and a file
+    already there is never replaced. `"comfyui"` takes a `.safetensors` file or a folder, `"diffusers"` a folder.
+    """
+    from vchain.run import MANIFEST_FILE, RunDirectory, read_manifest
+    from vchain.tuning import LoRAAdapter
+    from vchain.variants import get_variant
+
+    check_format(format)
+    run_dir, output = Path(run_dir), Path(output).expanduser()
+    if not (run_dir / MANIFEST_FILE).is_file():
+        raise ConfigurationError(f"RUN_DIR {str(run_dir)!r} holds no vchain run ({MANIFEST_FILE} is missing)")
+    if output.resolve().is_relative_to(run_dir.resolve()):
+        raise ConfigurationError(
+            f"-o {str(output)!r} lies inside the run folder {str(run_dir)!r}, whose files are the run's own; "
+            "write the export elsewhere"
+        )
+    if format == "diffusers" and output.suffix == ".safetensors":
+        raise ConfigurationError(
+            f"-o {str(output)!r}: the diffusers format writes a folder ({LORA_WEIGHT_NAME}, and transformer_2/ for "
+            "Wan2.2's second expert); give a folder, or use --format comfyui for a single file"
+        )
+    manifest = read_manifest(run_dir)
+    if not get_variant(manifest.variant).tuning:
+        raise ConfigurationError(f"{str(run_dir)!r} holds a {manifest.variant!r} run, which does not tune: no LoRA")
+    with RunDirectory(run_dir, manifest.prompt, variant=None) as run:
+        if not run.finished("tuning", None):
+            problem = run.damaged("tuning") if run.record("tuning").status == "done" else None
+            raise ConfigurationError(
+                f"{str(run_dir)!r} holds no saved LoRA ({problem or 'tuning is ' + run.record('tuning').status}); "
+                f"run `vchain tune -o {run_dir}` first"
+            )
+        adapter = LoRAAdapter.load(run.lora_path)
+    experts = len(adapter.state_dicts)
+    if format == "comfyui":
+        targets = comfyui_paths(output, experts)
+    else:
+        targets = [output / LORA_WEIGHT_NAME] + [output / "transformer_2" / LORA_WEIGHT_NAME] * (experts - 1)
+    existing = [str(t) for t in targets if t.exists()]
+    if existing:
+        raise ConfigurationError(f"{', '.join(existing)} already exist(s); remove it or choose another -o")
+    adapter.save(output, format=format)
+    return targets
