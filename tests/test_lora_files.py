@@ -242,3 +242,84 @@ def test_export_lora_needs_a_run_that_tuned(tmp_path, capsys):
     demo_pipeline()(DEMO_PROMPT, tmp_path / "thought", stop_after="reasoning")
     assert main(["export-lora", str(tmp_path / "thought"), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "holds no saved LoRA (tuning is pending)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- a pipeline that holds a LoRA
+
+
+def random_lora(transformer, rank=2, seed=1):
+    """A diffusers-format LoRA on every block linear of `transformer`, as a step-distillation LoRA would be."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and ".norm" not in name:
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator)
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator)
+    return {k: 0.3 * v for k, v in tensors.items()}
+
+
+def snapshot(pipeline):
+    """Everything a held LoRA consists of: weights (its own included) with dtypes, adapters, activity, scales."""
+    transformer = pipeline.transformer
+    weights = {k: v.clone() for k, v in transformer.state_dict().items()}
+    to_q = transformer.blocks[0].attn1.to_q
+    return {
+        "weights": weights,
+        "adapters": list(transformer.peft_config),
+        "active": pipeline.get_active_adapters(),
+        "scaling": dict(to_q.scaling),
+        "modules": [(name, type(m).__name__) for name, m in transformer.named_modules()],
+        "requires_grad": {name: p.requires_grad for name, p in transformer.named_parameters()},
+        "training": transformer.training,
+    }
+
+
+def same(a, b):
+    weights_equal = a["weights"].keys() == b["weights"].keys() and all(
+        torch.equal(a["weights"][k], b["weights"][k]) and a["weights"][k].dtype == b["weights"][k].dtype
+        for k in a["weights"]
+    )
+    return weights_equal and {k: v for k, v in a.items() if k != "weights"} == {
+        k: v for k, v in b.items() if k != "weights"
+    }
+
+
+def test_a_pipeline_holding_a_lora_is_tuned_and_sampled_with_it_and_left_exactly_as_it_was(tmp_path):
+    generator = WanVideoGenerator(tiny_wan_pipeline(), **SIZE)
+    pipeline = generator.pipeline
+    distill = random_lora(pipeline.transformer)
+    pipeline.load_lora_weights(distill, adapter_name="distill")  # stock diffusers, as a user would
+    pipeline.set_adapters(["distill"], adapter_weights=[0.7])
+    before, held = snapshot(pipeline), generator.sample(PROMPT, seed=0, output_type="latent")
+
+    active_while_tuning = []
+    predict = generator.predict
+
+    def spy(denoiser, *args):
+        active_while_tuning.append(list(denoiser.blocks[0].attn1.to_q.active_adapters))
+        return predict(denoiser, *args)
+
+    generator.predict = spy
+    adapter = WanLoRATuner(steps=5, learning_rate=1e-2, rank=4).tune(generator, pairs())
+    del generator.predict
+    assert active_while_tuning[0] == ["distill", "vchain"]  # trained on top of the held LoRA
+    assert same(snapshot(pipeline), before)
+
+    samples = []
+    for merge in (True, False):
+        adapter.merge = merge
+        with adapter.apply(generator):
+            assert pipeline.transformer.blocks[0].attn1.to_q.scaling["distill"] == before["scaling"]["distill"]
+            samples.append(generator.sample(PROMPT, seed=0, output_type="latent"))
+        assert same(snapshot(pipeline), before)
+    assert (samples[0] - held).abs().max().item() > 1e-2
+    assert (samples[0] - samples[1]).abs().max().item() < 1e-5
+
+    # Stock diffusers with both LoRAs active gives the same video: vchain's adapter sat on top of the held one.
+    adapter.save(tmp_path)
+    stock = tiny_wan_pipeline()
+    stock.load_lora_weights(distill, adapter_name="distill")
+    stock.load_lora_weights(tmp_path, adapter_name="keyframes")
+    stock.set_adapters(["distill", "keyframes"], adapter_weights=[0.7, 1.0])
+    assert (stock_latents(stock) - samples[0]).abs().max().item() < 1e-4
+    assert torch.equal(generator.sample(PROMPT, seed=0, output_type="latent"), held)

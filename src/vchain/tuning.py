@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -318,12 +319,12 @@ def _merged(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -
 @contextlib.contextmanager
 def _as_peft_layers(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -> Iterator[None]:
     """Add the LoRA as peft layers; remove them (wrappers included) on exit."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft import LoraConfig, set_peft_model_state_dict
 
     state = _module_state(denoiser)
     config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=list(adapter.target_modules))
     try:
-        inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+        _add_adapter(denoiser, config)
         set_peft_model_state_dict(denoiser, state_dict, adapter_name=ADAPTER_NAME)
         yield
     finally:
@@ -405,7 +406,6 @@ class LoRATuner(Tuner):
                              stage="tuning", step="fine_tune") from e  # fmt: skip
 
     def _train(self, generator, denoisers, targets, latents, context, report) -> list[dict]:
-        from peft import inject_adapter_in_model
         from peft.utils import get_peft_model_state_dict
         from tqdm.auto import tqdm
 
@@ -422,12 +422,12 @@ class LoRATuner(Tuner):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(config.seed)  # peft draws LoRA init from the global RNG
                 for denoiser in denoisers:
-                    inject_adapter_in_model(config.lora_config(targets), denoiser, adapter_name=ADAPTER_NAME)
+                    _add_adapter(denoiser, config.lora_config(targets))
                     denoiser.train()
                     if config.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
                         denoiser.enable_gradient_checkpointing()
                     for name, param in denoiser.named_parameters():
-                        if "lora_" in name:
+                        if f".{ADAPTER_NAME}." in name:  # not the weights of a LoRA the model already holds
                             param.data = param.data.float()
                             params.append(param)
                         else:
@@ -616,7 +616,7 @@ def _tunable(generator: object, action: str) -> TunableGenerator:
 
 
 def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
-    names = [name for name, module in denoiser.named_modules() if isinstance(module, torch.nn.Linear)]
+    names = _linear_names(denoiser)
     unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if unmatched:
         examples = sorted({n.split(".", 2)[-1] for n in names})[:8]
@@ -624,6 +624,19 @@ def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
             f"target_modules {unmatched} match no linear layer of {type(denoiser).__name__}; "
             f"its linears are named like {examples}"
         )
+
+
+def _linear_names(module: torch.nn.Module) -> list[str]:
+    """The names of `module`'s linear layers; a linear that already holds a LoRA (peft's wrapper, e.g. a
+    LoRA loaded with diffusers' `load_lora_weights`) counts under its own name, not its parts'."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    modules = dict(module.named_modules())
+    wrapped = {name for name, m in modules.items() if isinstance(m, BaseTunerLayer)}
+    # A wrapper's parts are `<name>.base_layer` and `<name>.lora_A.<adapter>` (lora_B likewise).
+    parts = {n for n in modules if n.rsplit(".", 1)[0] in wrapped or n.rsplit(".", 2)[0] in wrapped}
+    names = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and n not in parts]
+    return names + [n for n in wrapped if isinstance(modules[n].get_base_layer(), torch.nn.Linear)]
 
 
 def check_pairs(pairs) -> tuple[list[Image.Image], list[str]]:
@@ -650,6 +663,25 @@ def check_pairs(pairs) -> tuple[list[Image.Image], list[str]]:
     return images, captions
 
 
+def _add_adapter(denoiser: torch.nn.Module, config) -> None:
+    """Inject vchain's LoRA (peft `config`) as an adapter active on top of those already active in the model
+    (e.g. a step-distillation LoRA loaded with diffusers' `load_lora_weights`): peft would make it the only one."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    active = {id(m): list(m.active_adapters) for m in layers}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the point: a second adapter
+        inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+    if not layers:
+        return
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            mine = [ADAPTER_NAME] if ADAPTER_NAME in getattr(module, "lora_A", {}) else []
+            module.set_adapter([*active.get(id(module), []), *mine])
+
+
 def _remove_adapter(denoiser: torch.nn.Module) -> None:
     """Take vchain's adapter off. When it is the only one, peft's wrapper layers go too, so the module
     tree (and the cost of every later forward) is exactly the base model's again."""
@@ -663,7 +695,7 @@ def _remove_adapter(denoiser: torch.nn.Module) -> None:
         del denoiser.peft_config
     else:
         delete_adapter_layers(denoiser, ADAPTER_NAME)
-        adapters.pop(ADAPTER_NAME)
+        adapters.pop(ADAPTER_NAME, None)  # diffusers' helper pops it already when it loaded a LoRA
 
 
 def _module_state(module: torch.nn.Module) -> dict:
