@@ -219,6 +219,7 @@ def test_export_lora_writes_the_runs_lora_in_both_formats_and_leaves_the_run_as_
         (["-o", "{run}/lora/x.safetensors"], "lies inside the run folder"),
         (["-o", "{tmp}/kept.safetensors"], "kept.safetensors already exist"),
         (["--format", "diffusers", "-o", "{tmp}/x.safetensors"], "the diffusers format writes a folder"),
+        (["-o", "{tmp}/kept.safetensors/inside"], "kept.safetensors' is a file, not a folder"),
     ],
 )
 def test_export_lora_refuses_bad_requests_and_loses_nothing(tuned_run, tmp_path, capsys, args, message):

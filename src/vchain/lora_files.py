@@ -245,6 +245,9 @@ def export_lora(run_dir: str | Path, output: str | Path, format: str = "comfyui"
         targets = comfyui_paths(output, experts)
     else:
         targets = [output / LORA_WEIGHT_NAME] + [output / "transformer_2" / LORA_WEIGHT_NAME] * (experts - 1)
+    nearest = next(p for p in (targets[0].parent, *targets[0].parent.parents) if p.exists())
+    if not nearest.is_dir():
+        raise ConfigurationError(f"-o {str(output)!r} cannot be written: {str(nearest)!r} is a file, not a folder")
     existing = [str(t) for t in targets if t.exists()]
     if existing:
         raise ConfigurationError(f"{', '.join(existing)} already exist(s); remove it or choose another -o")
