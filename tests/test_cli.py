@@ -221,6 +221,7 @@ def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
     assert len(shards) == 2 and all(shards)
     ran = [entry["run"] for shard in shards for entry in shard]
     assert len(ran) == 4 and len(set(ran)) == 4
+    assert [sum(entry["run"].endswith("/vchain") for entry in shard) for shard in shards] == [1, 1]  # by work
     assert all(entry["status"] == "done" for shard in shards for entry in shard)
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(summary) == 5 and all(",done," in line for line in summary[1:])

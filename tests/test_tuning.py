@@ -252,7 +252,7 @@ def test_unreadable_lora_files_are_named(tmp_path):
     save_file({"transformer.x.weight": torch.zeros(2, 2)}, tmp_path / "pytorch_lora_weights.safetensors")
     with pytest.raises(VChainError, match="holds no complete lora_A/lora_B pairs"):
         LoRAAdapter.load(tmp_path)
-    with pytest.raises(VChainError, match="no pytorch_lora_weights"):
+    with pytest.raises(VChainError, match=r"no LoRA at .*elsewhere"):
         LoRAAdapter.load(tmp_path / "elsewhere")
 
 

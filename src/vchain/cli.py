@@ -493,6 +493,15 @@ def cmd_sample(args) -> int:
     return EXIT_OK
 
 
+def cmd_export_lora(args) -> int:
+    from vchain.lora_files import export_lora
+
+    written = export_lora(args.run_dir, args.output, args.format)
+    for path in written:
+        print(f"{args.format} LoRA -> {path}")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from vchain.run import check_output_dir
     from vchain.testing import DEMO_PROMPT, demo_pipeline
@@ -697,6 +706,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generator(suite)
     _add_search(suite)
     suite.set_defaults(run=cmd_suite)
+
+    export_lora = commands.add_parser(
+        "export-lora", parents=[common], help="write a run folder's tuned LoRA for ComfyUI or diffusers",
+        description="Write the LoRA tuned in RUN_DIR (its lora/) to FILE_OR_DIR. comfyui: the original Wan "
+        "module names with lora_down/lora_up and alpha, what ComfyUI's LoRA loaders and diffusers' "
+        "load_lora_weights read (Wan2.2: a _high_noise and a _low_noise file). diffusers: a folder with "
+        "pytorch_lora_weights.safetensors. The run folder is not changed; existing files are not replaced.",
+    )  # fmt: skip
+    export_lora.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export_lora.add_argument("--format", choices=["comfyui", "diffusers"], default="comfyui",
+                             help="comfyui (default) or diffusers")  # fmt: skip
+    export_lora.add_argument(
+        "-o", "--output", type=_folder, required=True, metavar="FILE_OR_DIR",
+        help="a .safetensors file (comfyui) or a folder",
+    )  # fmt: skip
+    export_lora.set_defaults(run=cmd_export_lora)
 
     demo = commands.add_parser(
         "demo", parents=[output, overwrite], help="every stage offline on tiny random models, in seconds",

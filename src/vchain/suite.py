@@ -1,8 +1,9 @@
 """A prompt set (the paper's 20 test cases by default) run as cases x variants x seeds into one tree, sharded.
 
-Under `accelerate launch --multi_gpu --num_processes N` (or `torchrun --nproc_per_node N`), process i takes
-runs i, i+N, i+2N, ... (one GPU each; on a machine without GPUs the processes run on the CPU); the main
-process then writes `summary.csv` and `summary.md`. Runs resume like any run folder, so a suite that
+Under `accelerate launch --multi_gpu --num_processes N` (or `torchrun --nproc_per_node N`), the runs are
+dealt by work (`shard`): the costliest first, each to the process with the least work so far, so the tuned
+runs spread over all processes (one GPU each; on a machine without GPUs the processes run on the CPU);
+the main process then writes `summary.csv` and `summary.md`. Runs resume like any run folder, so a suite that
 was stopped picks up where it left off.
 """
 
@@ -143,6 +144,39 @@ def plan_runs(
     return runs
 
 
+# Minutes per stage for Wan2.1-1.3B on an A100 (the paper's Table 2); what matters is their ratio. A reasoning
+# stage that only rewrites the prompt is one chat call; the interpolator renders without the generator.
+STAGE_MINUTES = {"chain": 3.0, "augment": 0.25, "tuning": 5.6, "generator": 3.15, "interpolator": 0.1}
+
+
+def run_cost(variant: str) -> float:
+    """The relative work of one run of `variant`: the Table 2 minutes of the stages it runs."""
+    from vchain.variants import get_variant
+
+    spec = get_variant(variant)
+    reasoning = STAGE_MINUTES[spec.reasoning] if spec.reasoning else 0.0
+    return reasoning + (STAGE_MINUTES["tuning"] if spec.tuning else 0.0) + STAGE_MINUTES[spec.render]
+
+
+def shard(runs: Sequence[SuiteRun], num_processes: int) -> list[list[SuiteRun]]:
+    """`runs` dealt to `num_processes` processes by work, the same in every process.
+
+    The costliest runs go first, each to the process with the least work so far (the lowest index on a
+    tie), so the tuned runs spread over all processes instead of all landing on one (plain striding over
+    cases x variants gives one process every `vchain` run when the variants divide the processes). Each
+    process keeps its runs in plan order.
+    """
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise ConfigurationError(f"num_processes must be a positive number, got {num_processes!r}")
+    order = sorted(range(len(runs)), key=lambda i: -run_cost(runs[i].variant))  # stable: plan order on ties
+    loads, shares = [0.0] * num_processes, [[] for _ in range(num_processes)]
+    for i in order:
+        process = min(range(num_processes), key=lambda p: (loads[p], p))
+        loads[process] += run_cost(runs[i].variant)
+        shares[process].append(i)
+    return [[runs[i] for i in sorted(share)] for share in shares]
+
+
 def run_suite(
     make_pipeline: Callable[[], object],
     root: str | Path,
@@ -172,7 +206,7 @@ def run_suite(
     runs = plan_runs(root, cases, variants, prompts, seeds=seeds, seed=seed)
     # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU) under torchrun.
     state = PartialState(cpu=not torch.cuda.is_available())
-    mine = runs[state.process_index :: state.num_processes]
+    mine = shard(runs, state.num_processes)[state.process_index]
     logger.info("Process %d/%d takes %d of %d runs", state.process_index, state.num_processes, len(mine), len(runs))
     pipe = make_pipeline()
     outcomes = []

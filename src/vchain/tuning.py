@@ -14,16 +14,17 @@ regional `torch.compile` of the denoiser's repeated blocks (`compile`) and AdamW
 
 The result is a `LoRAAdapter` in memory: `apply(generator)` folds it into the weights from a snapshot
 (or adds peft layers) and puts the base model back bit-exactly on exit; `save(dir)` writes the
-`pytorch_lora_weights.safetensors` that stock diffusers `load_lora_weights` reads.
+`pytorch_lora_weights.safetensors` that stock diffusers `load_lora_weights` reads, `save(path,
+format="comfyui")` the layout ComfyUI and the original Wan code use (`vchain.lora_files`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,17 +34,17 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field, model_validator
 
+from vchain import lora_files
 from vchain.config import Config
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
 from vchain.images import UnreadableImageError, read_image
 from vchain.interfaces import Adapter, TunableGenerator, Tuner, VideoGenerator
+from vchain.lora_files import LORA_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_NAME = "vchain"
-# diffusers' LoRA files prefix the denoiser's keys with the pipeline component they belong to.
-_PREFIX = "transformer."
+_PREFIX = lora_files.DIFFUSERS_PREFIX
 
 
 # ------------------------------------------------------------------------------------------ objectives
@@ -217,88 +218,65 @@ class LoRAAdapter(Adapter):
                 stack.enter_context(apply(denoiser, state_dict, self))
             yield
 
-    def save(self, directory: str | Path) -> Path:
-        """Write `pytorch_lora_weights.safetensors` in diffusers' LoRA format (what `load_lora_weights`
-        reads), alpha included. A second denoiser's LoRA (Wan2.2) goes to `transformer_2/` beside it."""
-        from diffusers.loaders.lora_base import LoraBaseMixin
+    def save(self, path: str | Path, format: str = "diffusers") -> Path:
+        """Write the LoRA in `format`; returns the (first) file written. Each file is written atomically.
 
-        directory = Path(directory)
-        metadata = {f"{_PREFIX}{k}": v for k, v in self.metadata().items()}
+        `"diffusers"`: `path/pytorch_lora_weights.safetensors`, what `load_lora_weights` reads, alpha
+        included; a second denoiser's LoRA (Wan2.2) goes to `path/transformer_2/`.
+        `"comfyui"`: the original Wan code's module names (`diffusion_model.blocks.N.self_attn.q`, ...) with
+        `lora_down`/`lora_up` and `alpha`, what ComfyUI and diffusers' non-diffusers Wan converter read; into
+        `path` if it names a `.safetensors` file, else `path/vchain_lora.safetensors`. Wan2.2's experts go to
+        two files, `<name>_high_noise.safetensors` and `<name>_low_noise.safetensors`.
+        """
+        lora_files.check_format(format)
+        path = Path(path)
+        if format == "comfyui":
+            converted = [lora_files.to_comfyui(state_dict, self.alpha) for state_dict in self.state_dicts]
+            targets = lora_files.comfyui_paths(path, len(self.state_dicts))
+            for target, tensors in zip(targets, converted, strict=True):
+                lora_files.write_safetensors(target, tensors, {})
+            return targets[0]
+        header = lora_files.diffusers_metadata(self.metadata())
         for i, state_dict in enumerate(self.state_dicts):
-            target = directory if i == 0 else directory / "transformer_2"
-            LoraBaseMixin.write_lora_layers(
-                state_dict={f"{_PREFIX}{k}": v.detach().to("cpu", torch.float32) for k, v in state_dict.items()},
-                save_directory=str(target),
-                is_main_process=True,
-                weight_name=LORA_WEIGHT_NAME,
-                save_function=None,
-                safe_serialization=True,
-                lora_adapter_metadata=dict(metadata),
-            )
-        return directory / LORA_WEIGHT_NAME
+            target = (path if i == 0 else path / "transformer_2") / LORA_WEIGHT_NAME
+            tensors = {f"{_PREFIX}{k}": v.detach().to("cpu", torch.float32) for k, v in state_dict.items()}
+            lora_files.write_safetensors(target, tensors, header)
+        return path / LORA_WEIGHT_NAME
 
     @classmethod
-    def load(cls, directory: str | Path, *, merge: bool = True) -> LoRAAdapter:
-        """Read what `save` (or a diffusers LoRA training script) wrote into `directory`."""
-        directory = Path(directory)
-        files = [directory / LORA_WEIGHT_NAME]
-        if (directory / "transformer_2" / LORA_WEIGHT_NAME).is_file():
-            files.append(directory / "transformer_2" / LORA_WEIGHT_NAME)
-        if not files[0].is_file():
-            raise VChainError(f"no {LORA_WEIGHT_NAME} in {str(directory)!r}")
+    def load(cls, path: str | Path, *, merge: bool = True) -> LoRAAdapter:
+        """Read a LoRA file, or a folder as `save` (or a diffusers LoRA training script) writes it.
+
+        diffusers, ComfyUI / original-Wan and musubi-tuner layouts are read (`vchain.lora_files`); see
+        `lora_files.find_lora_files` for how a folder or a Wan2.2 pair of files is found.
+        """
+        files = lora_files.find_lora_files(path)
         state_dicts, metadata = [], {}
-        for path in files:
-            state_dict, metadata = _read_lora_file(path)
+        for file in files:
+            state_dict, metadata = lora_files.read_lora_file(file)
             state_dicts.append(state_dict)
+        where = str(path)
         ranks = {v.shape[0] for sd in state_dicts for k, v in sd.items() if k.endswith("lora_A.weight")}
-        rank = int(metadata.get("r") or next(iter(ranks)))
+        rank = int(metadata.get("r") or max(ranks))
         if ranks != {rank}:
             raise VChainError(
-                f"the LoRA in {str(directory)!r} says rank {rank} but its lora_A tensors have rank(s) "
-                f"{sorted(ranks)}: the file and its metadata do not belong together"
+                f"the LoRA in {where!r} says rank {rank} but its lora_A tensors have rank(s) "
+                f"{sorted(ranks)}: one adapter holds one rank, and a file and its metadata must agree"
             )
         alpha = float(metadata.get("lora_alpha", rank))
+        # Without metadata the targets are the LoRA'd modules' full names (peft matches them exactly).
         targets = metadata.get("target_modules") or sorted(
-            {k.removesuffix(".lora_A.weight").rsplit(".", 1)[-1] for k in state_dicts[0] if "lora_A" in k}
+            {module for sd in state_dicts for module, _, _ in lora_files.lora_pairs(sd)}
         )
         try:
             return cls(state_dicts, rank=rank, alpha=alpha, target_modules=targets, merge=merge)
         except NumericalError as e:
-            raise VChainError(f"the LoRA in {str(directory)!r} is unusable: {e}; tune again") from e
-
-
-def _read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-        metadata = json.loads(header.get("lora_adapter_metadata", "{}"))
-    except Exception as e:
-        raise VChainError(f"cannot read LoRA file {str(path)!r}: {type(e).__name__}: {e}") from e
-    metadata = {k.removeprefix(_PREFIX): v for k, v in metadata.items()} if isinstance(metadata, dict) else {}
-    state_dict = {k.removeprefix(_PREFIX): v for k, v in tensors.items()}
-    downs = [k for k in state_dict if k.endswith(".lora_A.weight")]
-    missing = [k for k in downs if k.replace(".lora_A.", ".lora_B.") not in state_dict]
-    if not downs or missing:
-        raise VChainError(
-            f"LoRA file {str(path)!r} holds no complete lora_A/lora_B pairs "
-            f"({len(downs)} lora_A, {len(missing)} without lora_B); it is not a LoRA for a denoiser"
-        )
-    return state_dict, metadata
-
-
-def _lora_pairs(state_dict: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-    for key, down in state_dict.items():
-        if key.endswith(".lora_A.weight"):
-            module = key.removesuffix(".lora_A.weight")
-            yield module, down, state_dict[f"{module}.lora_B.weight"]
+            raise VChainError(f"the LoRA in {where!r} is unusable: {e}; tune again") from e
 
 
 def _check_fits(denoiser: torch.nn.Module, state_dict: dict, index: int) -> None:
     """A LoRA for other modules or shapes is refused before any weight is touched."""
-    for module_name, down, up in _lora_pairs(state_dict):
+    for module_name, down, up in lora_files.lora_pairs(state_dict):
         try:
             weight = denoiser.get_submodule(module_name).weight
         except AttributeError:
@@ -323,7 +301,7 @@ def _merged(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -
     snapshot: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
-            for module_name, down, up in _lora_pairs(state_dict):
+            for module_name, down, up in lora_files.lora_pairs(state_dict):
                 weight = denoiser.get_submodule(module_name).weight
                 keep = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=weight.is_cuda)
                 snapshot[module_name] = keep.copy_(weight)
@@ -341,12 +319,12 @@ def _merged(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -
 @contextlib.contextmanager
 def _as_peft_layers(denoiser: torch.nn.Module, state_dict: dict, adapter: LoRAAdapter) -> Iterator[None]:
     """Add the LoRA as peft layers; remove them (wrappers included) on exit."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft import LoraConfig, set_peft_model_state_dict
 
     state = _module_state(denoiser)
     config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=list(adapter.target_modules))
     try:
-        inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+        _add_adapter(denoiser, config)
         set_peft_model_state_dict(denoiser, state_dict, adapter_name=ADAPTER_NAME)
         yield
     finally:
@@ -382,8 +360,9 @@ class LoRATuner(Tuner):
         """tqdm options for the bar over tuning steps (`disable=True` hides it), as in diffusers."""
         self._progress = dict(kwargs)
 
-    def load_adapter(self, directory: str | Path) -> LoRAAdapter:
-        return LoRAAdapter.load(directory, merge=self.config.merge_for_sampling)
+    def load_adapter(self, path: str | Path) -> LoRAAdapter:
+        """A saved LoRA: a folder `save` wrote, or a diffusers, ComfyUI / original-Wan or musubi-tuner file."""
+        return LoRAAdapter.load(path, merge=self.config.merge_for_sampling)
 
     def check(self, generator: VideoGenerator) -> None:
         """The generator is tunable, the targets match its linears, the training size is one it takes, and
@@ -460,7 +439,6 @@ class LoRATuner(Tuner):
     def _train(
         self, config: LoRAConfig, generator, denoisers, targets, latents, context, report, *, progress: bool = True
     ) -> list[dict]:
-        from peft import inject_adapter_in_model
         from peft.utils import get_peft_model_state_dict
         from tqdm.auto import tqdm
 
@@ -476,12 +454,12 @@ class LoRATuner(Tuner):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(config.seed)  # peft draws LoRA init from the global RNG
                 for denoiser in denoisers:
-                    inject_adapter_in_model(config.lora_config(targets), denoiser, adapter_name=ADAPTER_NAME)
+                    _add_adapter(denoiser, config.lora_config(targets))
                     denoiser.train()
                     if config.gradient_checkpointing and hasattr(denoiser, "enable_gradient_checkpointing"):
                         denoiser.enable_gradient_checkpointing()
                     for name, param in denoiser.named_parameters():
-                        if "lora_" in name:
+                        if f".{ADAPTER_NAME}." in name:  # not the weights of a LoRA the model already holds
                             param.data = param.data.float()
                             params.append(param)
                         else:
@@ -690,7 +668,7 @@ def _tunable(generator: object, action: str) -> TunableGenerator:
 
 
 def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
-    names = [name for name, module in denoiser.named_modules() if isinstance(module, torch.nn.Linear)]
+    names = _linear_names(denoiser)
     unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if unmatched:
         examples = sorted({n.split(".", 2)[-1] for n in names})[:8]
@@ -698,6 +676,19 @@ def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
             f"target_modules {unmatched} match no linear layer of {type(denoiser).__name__}; "
             f"its linears are named like {examples}"
         )
+
+
+def _linear_names(module: torch.nn.Module) -> list[str]:
+    """The names of `module`'s linear layers; a linear that already holds a LoRA (peft's wrapper, e.g. a
+    LoRA loaded with diffusers' `load_lora_weights`) counts under its own name, not its parts'."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    modules = dict(module.named_modules())
+    wrapped = {name for name, m in modules.items() if isinstance(m, BaseTunerLayer)}
+    # A wrapper's parts are `<name>.base_layer` and `<name>.lora_A.<adapter>` (lora_B likewise).
+    parts = {n for n in modules if n.rsplit(".", 1)[0] in wrapped or n.rsplit(".", 2)[0] in wrapped}
+    names = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and n not in parts]
+    return names + [n for n in wrapped if isinstance(modules[n].get_base_layer(), torch.nn.Linear)]
 
 
 def check_pairs(pairs) -> tuple[list[Image.Image], list[str]]:
@@ -724,6 +715,25 @@ def check_pairs(pairs) -> tuple[list[Image.Image], list[str]]:
     return images, captions
 
 
+def _add_adapter(denoiser: torch.nn.Module, config) -> None:
+    """Inject vchain's LoRA (peft `config`) as an adapter active on top of those already active in the model
+    (e.g. a step-distillation LoRA loaded with diffusers' `load_lora_weights`): peft would make it the only one."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    active = {id(m): list(m.active_adapters) for m in layers}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the point: a second adapter
+        inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+    if not layers:
+        return
+    for module in denoiser.modules():
+        if isinstance(module, BaseTunerLayer):
+            mine = [ADAPTER_NAME] if ADAPTER_NAME in getattr(module, "lora_A", {}) else []
+            module.set_adapter([*active.get(id(module), []), *mine])
+
+
 def _remove_adapter(denoiser: torch.nn.Module) -> None:
     """Take vchain's adapter off. When it is the only one, peft's wrapper layers go too, so the module
     tree (and the cost of every later forward) is exactly the base model's again."""
@@ -737,7 +747,7 @@ def _remove_adapter(denoiser: torch.nn.Module) -> None:
         del denoiser.peft_config
     else:
         delete_adapter_layers(denoiser, ADAPTER_NAME)
-        adapters.pop(ADAPTER_NAME)
+        adapters.pop(ADAPTER_NAME, None)  # diffusers' helper pops it already when it loaded a LoRA
 
 
 def _module_state(module: torch.nn.Module) -> dict:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pydantic import Field, field_validator
 
-from vchain._hub import resolve_pretrained
+from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_timing
 from vchain.config import Config
 from vchain.errors import ConfigurationError, NumericalError
@@ -217,14 +217,32 @@ class DiffusersVideoGenerator(TunableGenerator):
         if offload_text_encoder:
             pipeline.text_encoder.to("cpu")
         self.model_id: str | None = getattr(pipeline, "name_or_path", None)
+        # Which weights: set by from_pretrained (a hub commit or a folder); unknown for a wrapped pipeline.
+        self.weights: dict | None = None
 
     @classmethod
-    def from_pretrained(cls, model_id: str | None = None, *, dtype=None, torch_dtype=None, device=None, **settings):
+    def from_pretrained(
+        cls,
+        model_id: str | None = None,
+        *,
+        dtype=None,
+        torch_dtype=None,
+        device=None,
+        revision: str | None = None,
+        variant: str | None = None,
+        cache_dir: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
+        **settings,
+    ):
         """Load a Diffusers-format checkpoint (hub id or local folder; default `default_model`).
 
         Args:
             dtype: the weights' dtype (default bfloat16); `torch_dtype=` is the older name.
             device: where to put the pipeline (default: leave it on the CPU, you call `.to(...)`).
+            revision, variant, cache_dir, token, local_files_only: diffusers' hub keywords, passed through.
+                The commit the revision resolved to (or the local folder's path) goes into `describe()`,
+                hence into manifests and run fingerprints; the token does not.
             **settings: the constructor's keywords (sampling settings, acceleration switches,
                 `offload_text_encoder`), checked before the (large) download or load starts.
         """
@@ -237,13 +255,16 @@ class DiffusersVideoGenerator(TunableGenerator):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
-        source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json")
+        check_hub_options(variant=variant)
+        source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json", revision=revision,
+                                    cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # fmt: skip
         try:
-            pipeline = cls._load(source, dtype)
+            pipeline = cls._load({**source, **({"variant": variant} if variant else {})}, dtype)
         except (OSError, ValueError) as e:
             raise ConfigurationError(f"cannot load {cls.what} {str(model_id)!r}: {e}") from e
         generator = cls(pipeline, **settings)
         generator.model_id = str(model_id)
+        generator.weights = weights_identity(source, "model_index.json", variant)
         return generator.to(device) if device is not None else generator
 
     @classmethod
@@ -281,6 +302,7 @@ class DiffusersVideoGenerator(TunableGenerator):
         return {
             "class": type(self).__name__,
             "model_id": self.model_id,
+            **({"weights": self.weights} if self.weights else {}),
             "dtype": str(self.pipeline.transformer.dtype).removeprefix("torch."),
             "denoisers": len(self.denoisers()),
             "config": self.config.to_dict(),

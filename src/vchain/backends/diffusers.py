@@ -56,7 +56,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain._hub import resolve_pretrained
+from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
 from vchain.backends._diffusers import parse_dtype
 from vchain.config import Config
@@ -167,6 +167,7 @@ class DiffusersImageBackend(ImageBackend):
         self._generate_pipeline = generate_pipeline
         self._generate_given = generate_pipeline is not None
         self.model_id: str | None = model_id or getattr(pipeline, "name_or_path", None)
+        self.weights: dict | None = None  # which weights, when from_pretrained loaded them (no token)
         self.max_references = self.family.max_references
         steps, guidance = self._defaults()
         self.num_inference_steps = self.config.num_inference_steps or steps
@@ -184,6 +185,11 @@ class DiffusersImageBackend(ImageBackend):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         seed: int = 0,
+        revision: str | None = None,
+        variant: str | None = None,
+        cache_dir: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
         **kwargs: Any,
     ) -> DiffusersImageBackend:
         """Load a Diffusers-format image-edit checkpoint (hub id or local folder) of a supported family.
@@ -196,7 +202,10 @@ class DiffusersImageBackend(ImageBackend):
             cpu_offload: keep each model on the CPU until it runs (diffusers' `enable_model_cpu_offload`),
                 for accelerators too small for the whole pipeline; `device` then names the accelerator.
             num_inference_steps, guidance_scale, seed: as for the constructor.
-            **kwargs: passed to the pipeline's `from_pretrained` (e.g. `revision`, `variant`).
+            revision, variant, cache_dir, token, local_files_only: diffusers' hub keywords, passed through. The
+                commit the revision resolved to (or the folder's path) goes into `describe()`, hence into
+                manifests and the reasoning fingerprint; the token does not.
+            **kwargs: passed to the pipeline's `from_pretrained`.
 
         The family comes from the checkpoint's `model_index.json`; the checkpoint is found, and the
         settings checked, before any weight is read.
@@ -216,9 +225,13 @@ class DiffusersImageBackend(ImageBackend):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        check_hub_options(variant=variant)
         source = resolve_pretrained(
-            id_or_dir, what="image model weights", marker="model_index.json", argument="id_or_dir"
-        )
+            id_or_dir, what="image model weights", marker="model_index.json", argument="id_or_dir",
+            revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
+        )  # fmt: skip
+        if variant:
+            kwargs["variant"] = variant
         import diffusers
 
         try:
@@ -244,7 +257,9 @@ class DiffusersImageBackend(ImageBackend):
             pipeline.enable_model_cpu_offload(device=device)
         elif device is not None:
             pipeline.to(device)
-        return cls(pipeline, model_id=str(id_or_dir), **settings)
+        backend = cls(pipeline, model_id=str(id_or_dir), **settings)
+        backend.weights = weights_identity(source, "model_index.json", variant)
+        return backend
 
     # -- the ImageBackend
 
@@ -311,6 +326,7 @@ class DiffusersImageBackend(ImageBackend):
         info = {
             "class": type(self).__name__,
             "model": self.model_id,
+            **({"weights": self.weights} if self.weights else {}),
             "family": self.family.name,
             "pipeline": type(self.pipeline).__name__,
             "dtype": str(self.pipeline.dtype).removeprefix("torch."),

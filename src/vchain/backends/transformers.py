@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vchain import prompts
-from vchain._hub import resolve_pretrained
+from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
 from vchain.chain import AugmentedPrompt, KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.config import describe_errors
@@ -125,6 +125,7 @@ class TransformersReasoner(Reasoner):
         self.max_pixels = max_pixels
         self.max_string_length = max_string_length
         self.model_id = model_id or _model_name(getattr(model, "name_or_path", "")) or type(model).__name__
+        self.weights: dict | None = None  # which weights, when from_pretrained loaded them (no token)
         self.stop_tokens = _stop_tokens(model, tokenizer)
         # Answers end at the same tokens for the grammar as for generate(); the grammar only allows
         # them once the object is complete.
@@ -144,6 +145,11 @@ class TransformersReasoner(Reasoner):
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
+        revision: str | None = None,
+        variant: str | None = None,
+        cache_dir: str | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
         **kwargs: Any,
     ) -> TransformersReasoner:
         """Load an image-text-to-text checkpoint (a hub id or a local folder) and its processor.
@@ -153,6 +159,9 @@ class TransformersReasoner(Reasoner):
                 `"google/gemma-3-4b-it"`, or a folder laid out like one.
             dtype: the weights' dtype (`torch_dtype=` is the older name); default: the checkpoint's.
             device: where to load the weights (e.g. `"cuda"`); default: the CPU.
+            revision, variant, cache_dir, token, local_files_only: transformers' hub keywords, passed through
+                (the processor is read at the same revision). The commit the revision resolved to (or the
+                folder's path) goes into `describe()`, hence into manifests; the token does not.
             **kwargs: passed to `AutoModelForImageTextToText.from_pretrained` (e.g. `attn_implementation`);
                 the other keywords are the constructor's.
 
@@ -166,9 +175,14 @@ class TransformersReasoner(Reasoner):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = _dtype(dtype if dtype is not None else torch_dtype)
-        source = resolve_pretrained(model_id, what="reasoner weights", marker="config.json", argument="model_id")
+        check_hub_options(variant=variant)
+        source = resolve_pretrained(model_id, what="reasoner weights", marker="config.json", argument="model_id",
+                                    revision=revision, cache_dir=cache_dir, token=token,
+                                    local_files_only=local_files_only)  # fmt: skip
         if device is not None:
             kwargs["device_map"] = device
+        if variant:
+            kwargs["variant"] = variant
         try:
             model = AutoModelForImageTextToText.from_pretrained(**source, dtype=dtype, **kwargs)
             processor = _load_processor(source, model.config)
@@ -176,7 +190,12 @@ class TransformersReasoner(Reasoner):
             raise ConfigurationError(
                 f"cannot load {str(model_id)!r} as an image-text-to-text model: {type(e).__name__}: {e}"
             ) from e
-        return cls(model.eval(), processor, model_id=_model_name(model_id), **settings)
+        reasoner = cls(model.eval(), processor, model_id=_model_name(model_id), **settings)
+        identity = weights_identity(source, "config.json", variant)
+        # A local folder stays named by `model_id` (its last part): the reasoner's description is an input of
+        # paid reasoning, which a moved folder must not invalidate, and a manifest holds no full path of it.
+        reasoner.weights = None if "path" in identity else identity
+        return reasoner
 
     # -- the Reasoner
 
@@ -281,6 +300,7 @@ class TransformersReasoner(Reasoner):
         return {
             "class": type(self).__name__,
             "model": self.model_id,
+            **({"weights": self.weights} if self.weights else {}),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
