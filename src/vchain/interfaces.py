@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
+from pydantic import BaseModel
 
 from vchain import prompts
 from vchain.errors import ConfigurationError
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
-    from vchain.judging import VideoScores
-    from vchain.tuning import TrainingObjective, TuningReport
+    from vchain.scores import VideoScores
 
 
 class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of its own
@@ -209,6 +209,37 @@ class TunableGenerator(VideoGenerator):
 
     def check_frame(self, height: int, width: int) -> None:
         """Raise `ConfigurationError` if the model cannot take height x width (used for tuning sizes)."""
+
+
+class TrainingObjective(ABC):
+    """How a model is trained: from a noise level, the noisy input, the timestep and the target.
+
+    A noise level is a float in [0, 1] (0 clean, 1 pure noise) drawn on the host by the tuner; the
+    objective maps it into the model's own terms.
+    """
+
+    @abstractmethod
+    def levels(self, u: torch.Tensor) -> torch.Tensor:
+        """Map draws `u` in (0, 1) (uniform or logit-normal) to this model's noise levels (host)."""
+
+    @abstractmethod
+    def corrupt(
+        self, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy input, timestep, target) for clean latents `x0`, `noise` and per-sample `level`."""
+
+
+class TuningReport(BaseModel):
+    """What one tuning run did: losses at each read, where the time went, what was trained."""
+
+    losses: list[tuple[int, float]] = []
+    # Seconds since the first step began, at each loss read: a read waits for the device, so the time
+    # between two reads is what those steps took (a benchmark's per-step time without the set-up).
+    timeline: list[tuple[int, float]] = []
+    seconds: dict[str, float] = {}
+    trainable_parameters: int = 0
+    steps: int = 0
+    keyframes: int = 0
 
 
 class Adapter(ABC):
