@@ -16,6 +16,9 @@ The pipeline does the rest (the loop, stitching, fitting images to the frame, re
 behaviour lives in vchain's stage modules, not in backends. Backends that know their token usage can
 report it with `vchain.accounting.report_request`.
 
+A reasoner or judge built on a chat model needs only `ChatModel.complete` (messages and a schema in,
+a validated answer out); `vchain.reasoning.ChatReasoner` and `vchain.judging.ChatJudge` do the rest.
+
 `TunableGenerator` is the generator side of stage 2: what the model-agnostic `vchain.tuning.LoRATuner`
 needs from a video model (encoders, denoisers, the training objective). A generator that implements it
 is tuned like Wan; see `docs/generators.md`.
@@ -27,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 
     from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
     from vchain.scores import VideoScores
+
+T = TypeVar("T")
 
 
 class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of its own
@@ -64,6 +69,29 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
 
         The default holds none. Local models move their weights off the GPU; the component stays usable
         (slower) and its `to(device)`, where it has one, brings it back.
+        """
+
+
+class ChatModel(Component):
+    """A chat model with vision that answers in a given structure: the one method a reasoning backend writes.
+
+    `vchain.reasoning.ChatReasoner` and `vchain.judging.ChatJudge` write vchain's tasks (the plan, the
+    next keyframe, the prompt rewrite, the keyframe check, the scores) as messages and a schema, once, over
+    any `ChatModel`; `OpenAIChatModel` and `TransformersChatModel` are the two built in.
+    """
+
+    @abstractmethod
+    def complete(self, messages: list[dict], schema: type[T]) -> T:
+        """Answer chat `messages` with a validated instance of `schema`.
+
+        Args:
+            messages: vchain's neutral layout (`vchain.prompts`): dicts with a `role` (`"system"` or
+                `"user"`) and a `content` that is a string or a list of parts, `{"type": "text", "text": ...}`
+                or `{"type": "image", "image": PIL.Image}`.
+            schema: a pydantic model class (the answer), or `str` for a plain-text answer.
+
+        Raise `vchain.errors.MalformedResponseError` for an answer worth asking again (invalid, cut off),
+        `RefusalError` for a refusal, `BackendError` when the model could not be reached or failed.
         """
 
 

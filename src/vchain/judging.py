@@ -34,8 +34,9 @@ from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.config import Config, describe_errors
 from vchain.errors import ConfigurationError, MalformedResponseError, StageError, VChainError
 from vchain.images import stitch
-from vchain.interfaces import Judge
+from vchain.interfaces import ChatModel, Judge
 from vchain.prompts import image_part, text_part
+from vchain.reasoning import ChatAsker, chat_description, check_chat
 from vchain.run import VIDEO_FILE, Manifest, file_digest, fingerprint, iter_runs, read_manifest
 from vchain.scores import DIMENSIONS, VideoScores, dimension_title
 
@@ -150,6 +151,31 @@ def judge_messages(prompt: str, frames: Sequence[Image.Image], *, grid: bool = F
         {"role": "system", "content": _instruction()},
         {"role": "user", "content": [text_part(text), *images]},
     ]
+
+
+class ChatJudge(Judge):
+    """The judge written once over any `ChatModel`: the frames and the prompt in, `VideoScores` out.
+
+    Args:
+        chat: the model that scores.
+        grid: send the frames tiled into one image instead of one image per frame.
+    """
+
+    def __init__(self, chat: ChatModel, *, grid: bool = False):
+        if not isinstance(grid, bool):
+            raise ConfigurationError(f"grid must be True or False, got {grid!r}")
+        self.chat, self.grid = check_chat(chat), grid
+        self._asker = ChatAsker()
+
+    def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
+        return self._asker(self.chat, judge_messages(prompt, frames, grid=self.grid), VideoScores)
+
+    def describe(self) -> dict[str, Any]:
+        return {**chat_description(self, self.chat), "grid": self.grid}
+
+    def release(self) -> None:
+        if self.chat is not self:  # a preset is its own chat model, whose release comes first
+            self.chat.release()
 
 
 # -- scores.json
