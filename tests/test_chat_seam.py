@@ -223,3 +223,65 @@ def test_the_timeout_applies_to_each_attempt(server):
     with pytest.raises(BackendError, match="APITimeoutError"):
         chat.complete(prompts.plan_messages(PROMPT), ScenePlan)
     assert isinstance(chat.client, openai.OpenAI) and chat.client.timeout == 0.3
+
+
+# -- the command line: the chat settings, and the registries it reads
+
+
+def think(tmp_path, server, *flags):
+    from vchain.cli import main
+
+    base = ["think", PROMPT, "-o", str(tmp_path / "run"), "--width", "64", "--height", "32", "--max-keyframes", "3"]
+    try:
+        return main([*base, "--base-url", server.base_url, "--image-base-url", server.base_url, *flags])
+    except SystemExit as e:  # argparse's own refusals
+        return e.code
+
+
+def test_the_cli_passes_the_chat_settings_and_records_them(prose_server, tmp_path):
+    flags = ["--structured-output", "prompt", "--max-tokens", "400", "--extra-body", '{"top_k": 20}', "--timeout", "9"]
+    assert think(tmp_path, prose_server, *flags) == 0
+    bodies = chat_requests(prose_server)
+    assert len(bodies) == 3 and all("response_format" not in b for b in bodies)
+    assert all(b["max_tokens"] == 400 and b["top_k"] == 20 for b in bodies)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    record = manifest["stages"]["reasoning"]["inputs"]["reasoner"]
+    assert record["structured_output"] == "prompt" and record["max_tokens"] == 400 and "timeout" not in record
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--extra-body", "{top_k: 20}"], "argument --extra-body: must be a JSON object, got '{top_k: 20}'"),
+        (["--extra-body", "[1]"], "argument --extra-body: must be a JSON object"),
+        (["--extra-body", '{"model": "x"}'], "extra_body must not set 'model'"),
+        (["--structured-output", "xml"], "argument --structured-output: invalid choice: 'xml'"),
+        (["--reasoner", "transformers:x", "--timeout", "5"], "--timeout does not apply to --reasoner transformers"),
+        (["--reasoner", "nope"], "--reasoner must be openai or transformers:ID_OR_DIR, got 'nope'"),
+    ],
+)
+def test_bad_chat_flags_are_one_clear_error_before_any_work(server, tmp_path, capsys, flags, named):
+    assert think(tmp_path, server, *flags) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not server.requests and not (tmp_path / "run").exists()
+
+
+def test_a_reasoner_registered_by_its_user_is_listed_and_accepted(server, tmp_path, capsys, monkeypatch):
+    from vchain.backends import REASONERS, BackendKind
+
+    built = []
+
+    def scripted(model: str, *, base_url: str | None = None):
+        built.append((model, base_url))
+        return ChatReasoner(ScriptedChat({"ScenePlan": [example_plan(PROMPT)],
+                                          "NextKeyframe": [keyframe("The glass lies in pieces.", True)]}))  # fmt: skip
+
+    monkeypatch.setitem(REASONERS, "scripted", BackendKind(scripted, model="NAME"))
+    assert think(tmp_path, server, "--reasoner", "scripted") == 2
+    assert "--reasoner must be openai or transformers:ID_OR_DIR or scripted:NAME" in capsys.readouterr().err
+    assert think(tmp_path, server, "--reasoner", "scripted:v1") == 0
+    assert built == [("v1", server.base_url)] and not server.requests_to("chat")
+    assert len(server.requests_to("generate")) == 1
+    assert think(tmp_path, server, "--reasoner", "scripted:v1", "--max-tokens", "9") == 2
+    assert "--max-tokens does not apply to --reasoner scripted" in capsys.readouterr().err

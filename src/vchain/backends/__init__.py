@@ -7,14 +7,28 @@
 
 `generator_family(model_id)` tells which family a Diffusers-format checkpoint belongs to, from the
 `_class_name` of its `model_index.json`, so one command serves every family.
+
+`REASONERS`, `IMAGE_BACKENDS` and `JUDGES` are the kinds `--reasoner`, `--image-backend` and `--judge` take,
+each a `BackendKind` (a factory and what it needs). A backend of your own registers itself by adding one::
+
+    from vchain.backends import REASONERS, BackendKind
+    from vchain.reasoning import ChatReasoner
+
+    def my_reasoner(model: str, *, base_url: str | None = None):
+        return ChatReasoner(MyChatModel(model, base_url))
+
+    REASONERS["mine"] = BackendKind(my_reasoner, model="NAME")   # vchain think ... --reasoner mine:NAME
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vchain.errors import ConfigurationError
 
@@ -91,3 +105,110 @@ def generator_family(model_id: str | Path | None) -> GeneratorFamily:
 def family_of_generator(class_name: str | None) -> GeneratorFamily:
     """The family whose generator class is `class_name` (as a manifest records it), else the default."""
     return next((f for f in GENERATOR_FAMILIES.values() if f.generator == class_name), DEFAULT_FAMILY)
+
+
+# ------------------------------------------------------------------------------ reasoners, editors, judges
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One kind a `--reasoner`, `--image-backend` or `--judge` flag can name: a factory and what it takes.
+
+    Attributes:
+        factory: `factory(model, **settings)` builds the component. Its keyword parameters are the settings
+            the kind takes (`base_url`, `timeout`, `dtype`, `device`, ...): the CLI passes the ones given and
+            refuses a flag the kind does not take.
+        model: what follows `KIND:` on the command line (e.g. `"ID_OR_DIR"`); empty for a kind that is named
+            alone and takes its model from a flag of its own (`--reasoner-model`) or the factory's default.
+        checkpoint: a file the model's checkpoint holds (`"config.json"`) for a kind that loads weights:
+            the id or folder is found before anything runs, and the component is built after every check.
+    """
+
+    factory: Callable[..., Any]
+    model: str = ""
+    checkpoint: str | None = None
+
+    def settings(self) -> tuple[str, ...]:
+        """The settings the factory takes, by name."""
+        parameters = list(inspect.signature(self.factory).parameters.values())[1:]
+        return tuple(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+    def form(self, name: str) -> str:
+        """How the command line names this kind, e.g. `transformers:ID_OR_DIR`."""
+        return f"{name}:{self.model}" if self.model else name
+
+
+def _openai_reasoner(
+    model: str = "gpt-4o", *, base_url=None, structured_output="auto", timeout=120.0, max_tokens=None, extra_body=None
+):
+    from vchain.backends.openai import OpenAIReasoner
+
+    return OpenAIReasoner(
+        model,
+        base_url=base_url,
+        structured_output=structured_output,
+        timeout=timeout,
+        max_tokens=max_tokens,
+        extra_body=extra_body,
+    )
+
+
+def _transformers_reasoner(model: str, *, dtype=None, device=None):
+    from vchain.backends.transformers import TransformersReasoner
+
+    return TransformersReasoner.from_pretrained(model, dtype=dtype, device=device)
+
+
+def _openai_image_backend(model: str = "gpt-image-1", *, base_url=None):
+    from vchain.backends.openai import OpenAIImageBackend
+
+    return OpenAIImageBackend(model, base_url=base_url)
+
+
+def _diffusers_image_backend(model: str, *, dtype=None, device=None):
+    from vchain.backends.diffusers import DiffusersImageBackend
+
+    return DiffusersImageBackend.from_pretrained(model, dtype=dtype, device=device)
+
+
+def _openai_judge(
+    model: str = "gpt-4o",
+    *,
+    base_url=None,
+    grid=False,
+    structured_output="auto",
+    timeout=120.0,
+    max_tokens=None,
+    extra_body=None,
+):
+    from vchain.backends.openai import OpenAIJudge
+
+    return OpenAIJudge(
+        model,
+        base_url=base_url,
+        grid=grid,
+        structured_output=structured_output,
+        timeout=timeout,
+        max_tokens=max_tokens,
+        extra_body=extra_body,
+    )
+
+
+def _transformers_judge(model: str, *, grid=False, dtype=None, device=None):
+    from vchain.backends.transformers import TransformersJudge
+
+    return TransformersJudge.from_pretrained(model, grid=grid, dtype=dtype, device=device)
+
+
+REASONERS: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_reasoner),
+    "transformers": BackendKind(_transformers_reasoner, model="ID_OR_DIR", checkpoint="config.json"),
+}
+IMAGE_BACKENDS: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_image_backend),
+    "diffusers": BackendKind(_diffusers_image_backend, model="ID_OR_DIR", checkpoint="model_index.json"),
+}
+JUDGES: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_judge),
+    "transformers": BackendKind(_transformers_judge, model="ID_OR_DIR", checkpoint="config.json"),
+}
