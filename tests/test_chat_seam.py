@@ -3,10 +3,18 @@ model's structured output against servers that do not honour `response_format`."
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
 
 import openai
 import pytest
+from PIL import Image
 
 from vchain import VChainPipeline, prompts
 from vchain.backends.openai import OpenAIChatModel, OpenAIJudge, OpenAIReasoner
@@ -285,3 +293,55 @@ def test_a_reasoner_registered_by_its_user_is_listed_and_accepted(server, tmp_pa
     assert len(server.requests_to("generate")) == 1
     assert think(tmp_path, server, "--reasoner", "scripted:v1", "--max-tokens", "9") == 2
     assert "--max-tokens does not apply to --reasoner scripted" in capsys.readouterr().err
+
+
+# -- the backend example of docs/architecture.md, run against a stand-in for Ollama's chat API
+
+
+class OllamaStandIn(BaseHTTPRequestHandler):
+    """`POST /api/chat` as Ollama answers it, scripted: the schema's title in `format` picks the answer."""
+
+    requests: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        answers = {
+            "ScenePlan": example_plan(PROMPT).model_dump(),
+            "NextKeyframe": {"caption": "The glass lies in pieces on the floor.", "is_last": True},
+        }
+        title = (body.get("format") or {}).get("title")
+        content = json.dumps(answers[title]) if title else "A richer prompt."
+        data = json.dumps({"model": body["model"], "message": {"role": "assistant", "content": content}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_architecture_pages_backend_example_runs():
+    page = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    code = re.search(r"## A new reasoning backend.*?```python\n(.*?)```", page, flags=re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    OllamaStandIn.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OllamaStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        reasoner = ChatReasoner(namespace["OllamaChat"]("qwen2.5vl:7b", url))
+        chain = VChainPipeline(reasoner, DrawingImageBackend(), reasoning=FRAME).think(PROMPT)
+        assert reasoner.augment_prompt(PROMPT) == "A richer prompt."
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert chain.key_frames == ["The glass lies in pieces on the floor."]
+    plan, perception, rewrite = OllamaStandIn.requests
+    assert plan["format"]["title"] == "ScenePlan" and "format" not in rewrite
+    (composite,) = perception["messages"][1]["images"]
+    assert Image.open(io.BytesIO(base64.b64decode(composite))).size == (64, 32)
+    assert namespace["reasoner"].describe() == {"class": "ChatReasoner", "chat": "OllamaChat", "model": "qwen2.5vl:7b"}

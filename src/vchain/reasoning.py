@@ -343,8 +343,9 @@ class ChatAsker:
         problems = self._problems.pop(key, [])
         try:
             return chat.complete(prompts.correction_messages(messages, problems) if problems else messages, schema)
-        except MalformedResponseError as e:
-            self._problems[key] = [*problems, str(e)[:300]]
+        except (MalformedResponseError, ValidationError) as e:
+            problem = describe_errors(e) if isinstance(e, ValidationError) else str(e)
+            self._problems[key] = [*problems, problem[:300]]
             raise
 
 
