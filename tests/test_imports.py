@@ -8,7 +8,11 @@ type checkers and documentation tools).
 from __future__ import annotations
 
 import ast
+import importlib
+import sys
 from pathlib import Path
+
+import pytest
 
 SOURCE = Path(__file__).parents[1] / "src"
 
@@ -95,3 +99,17 @@ def test_the_check_sees_type_only_imports_and_ignores_imports_in_functions(tmp_p
     graph = import_graph()
     assert graph == {"vchain": set(), "vchain.a": {"vchain.b"}, "vchain.b": {"vchain.a"}, "vchain.c": {"vchain.b"}}
     assert find_cycle(graph) == ["vchain.a", "vchain.b", "vchain.a"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "name"),
+    [
+        ("vchain.backends.diffusers", "vchain.backends.diffusers_image", "DiffusersImageBackend"),
+        ("vchain.backends._diffusers", "vchain.backends.diffusers_video", "DiffusersVideoGenerator"),
+    ],
+)
+def test_a_renamed_module_still_imports_by_its_old_name_with_a_warning(old, new, name, monkeypatch):
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=f"{old} is now {new}"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)

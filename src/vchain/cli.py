@@ -258,7 +258,7 @@ class _Reasoning:
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
-    from vchain.backends._diffusers import Acceleration
+    from vchain.backends.diffusers_video import Acceleration
     from vchain.tuning import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
@@ -329,7 +329,7 @@ class _Generation:
             raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
         self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
         self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
-        from vchain.backends._diffusers import Acceleration
+        from vchain.backends.diffusers_video import Acceleration
 
         switches = _given(args, ACCELERATION_FLAGS)
         if switches.get("attention_backend") and not self.family.dispatches_attention:

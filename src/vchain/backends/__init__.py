@@ -2,8 +2,13 @@
 
 - `vchain.backends.openai`: `OpenAIReasoner`, `OpenAIImageBackend`, `OpenAIJudge` (any OpenAI-compatible server).
 - `vchain.backends.transformers`: `TransformersReasoner`, `TransformersJudge` (open weights, in process).
-- `vchain.backends.diffusers`: `DiffusersImageBackend` (Qwen-Image-Edit-Plus, FLUX.2 klein, FLUX.1 Kontext).
-- `vchain.backends.wan`, `vchain.backends.cogvideox`: the video generator families and their tuners.
+- `vchain.backends.diffusers_image`: `DiffusersImageBackend` (Qwen-Image-Edit-Plus, FLUX.2 klein, FLUX.1
+  Kontext).
+- `vchain.backends.wan`, `vchain.backends.cogvideox`: the video generator families and their tuners, on
+  `vchain.backends.diffusers_video.DiffusersVideoGenerator`.
+
+`vchain.backends.diffusers` and `vchain.backends._diffusers`, the old names of `diffusers_image` and
+`diffusers_video`, still import (with a `DeprecationWarning`) until the next release.
 
 `generator_family(model_id)` tells which family a Diffusers-format checkpoint belongs to, from the
 `_class_name` of its `model_index.json`, so one command serves every family.
@@ -25,12 +30,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vchain.backends._deprecated import RenamedModules
 from vchain.errors import ConfigurationError
+
+if not any(isinstance(finder, RenamedModules) for finder in sys.meta_path):
+    sys.meta_path.append(RenamedModules())
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ def _openai_image_backend(model: str = "gpt-image-1", *, base_url=None):
 
 
 def _diffusers_image_backend(model: str, *, dtype=None, device=None):
-    from vchain.backends.diffusers import DiffusersImageBackend
+    from vchain.backends.diffusers_image import DiffusersImageBackend
 
     return DiffusersImageBackend.from_pretrained(model, dtype=dtype, device=device)
 
