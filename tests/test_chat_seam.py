@@ -345,3 +345,20 @@ def test_the_architecture_pages_backend_example_runs():
     (composite,) = perception["messages"][1]["images"]
     assert Image.open(io.BytesIO(base64.b64decode(composite))).size == (64, 32)
     assert namespace["reasoner"].describe() == {"class": "ChatReasoner", "chat": "OllamaChat", "model": "qwen2.5vl:7b"}
+
+
+def test_vchain_judge_takes_the_chat_flags(server, tmp_path, capsys):
+    from vchain.cli import main
+
+    from .test_judging import make_run
+
+    make_run(tmp_path / "run", PROMPT)
+    flags = ["--base-url", server.base_url, "--frames", "2", "--structured-output", "prompt", "--max-tokens", "700"]
+    assert main(["judge", str(tmp_path), *flags]) == 0
+    (body,) = [r.body for r in server.requests_to("chat")]
+    assert "response_format" not in body and body["max_tokens"] == 700
+    assert "named VideoScores" in body["messages"][0]["content"]
+    entry = json.loads((tmp_path / "run" / "scores.json").read_text())["entries"][0]
+    assert entry["judge"]["structured_output"] == "prompt" and entry["scores"]["physics"] in range(1, 6)
+    assert main(["judge", str(tmp_path), "--judge", "transformers:x", "--timeout", "5"]) == 2
+    assert "--timeout does not apply to --judge transformers" in capsys.readouterr().err
