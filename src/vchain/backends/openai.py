@@ -306,8 +306,13 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
             answer = schema.model_validate_json(json.dumps(value)) if value is not None else None
         except ValidationError as e:
             report(outcome="malformed", error="ValidationError")
+            # Fields missing under json_schema: the server may have ignored the schema (the model wrote JSON of
+            # its own shape), which only prompt mode can fix.
+            hint = ""
+            if json_schema and any(error["type"] == "missing" for error in e.errors()):
+                hint = " (a server that ignores response_format needs structured_output='prompt')"
             raise MalformedResponseError(
-                f"{self.model} did not return a valid {schema.__name__}: {describe_errors(e)}"
+                f"{self.model} did not return a valid {schema.__name__}: {describe_errors(e)}{hint}"
             ) from e
         if answer is None:
             report(outcome="malformed", error="invalid JSON")
