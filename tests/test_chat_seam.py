@@ -52,12 +52,14 @@ def keyframe(caption: str, is_last: bool) -> NextKeyframe:
 
 
 def test_a_chat_model_is_a_whole_reasoner_and_judge():
-    chat = ScriptedChat({
-        "ScenePlan": [example_plan(PROMPT)],
-        "NextKeyframe": [keyframe("The glass lies shattered on the floor.", True)],
-        "str": ["A richer prompt."],
-        "VideoScores": [VideoScores(**{d: 4 for d in DIMENSIONS}, **{f"{d}_reason": "Fine." for d in DIMENSIONS})],
-    })  # fmt: skip
+    chat = ScriptedChat(
+        {
+            "ScenePlan": [example_plan(PROMPT)],
+            "NextKeyframe": [keyframe("The glass lies shattered on the floor.", True)],
+            "str": ["A richer prompt."],
+            "VideoScores": [VideoScores(**{d: 4 for d in DIMENSIONS}, **{f"{d}_reason": "Fine." for d in DIMENSIONS})],
+        }
+    )
     reasoner = ChatReasoner(chat)
     chain = VChainPipeline(reasoner, DrawingImageBackend(), reasoning=FRAME).think(PROMPT)
     assert chain.key_frames == ["The glass lies shattered on the floor."] and len(chain.images) == 2
@@ -97,14 +99,20 @@ def test_only_a_chat_model_makes_a_reasoner_or_judge():
 def test_the_presets_are_chat_models_with_their_records_unchanged():
     reasoner, judge = OpenAIReasoner(api_key="x"), OpenAIJudge(api_key="x", grid=True)
     assert isinstance(reasoner, (ChatModel, ChatReasoner)) and isinstance(judge, (ChatModel, ChatJudge))
-    assert reasoner.describe() == {"class": "OpenAIReasoner", "model": "gpt-4o", "temperature": None,
-                                   "image_detail": "auto"}  # fmt: skip
+    assert reasoner.describe() == {
+        "class": "OpenAIReasoner",
+        "model": "gpt-4o",
+        "temperature": None,
+        "image_detail": "auto",
+    }
     assert judge.describe()["temperature"] == 0.0 and judge.describe()["grid"] is True
     # Settings that decide answers are recorded once they leave their defaults.
     tuned = OpenAIReasoner(api_key="x", structured_output="prompt", max_tokens=500, extra_body={"top_k": 20})
     assert {k: tuned.describe()[k] for k in ("structured_output", "max_tokens", "extra_body")} == {
-        "structured_output": "prompt", "max_tokens": 500, "extra_body": {"top_k": 20}
-    }  # fmt: skip
+        "structured_output": "prompt",
+        "max_tokens": 500,
+        "extra_body": {"top_k": 20},
+    }
 
 
 # -- structured output against a server that ignores response_format
@@ -282,8 +290,11 @@ def test_a_reasoner_registered_by_its_user_is_listed_and_accepted(server, tmp_pa
 
     def scripted(model: str, *, base_url: str | None = None):
         built.append((model, base_url))
-        return ChatReasoner(ScriptedChat({"ScenePlan": [example_plan(PROMPT)],
-                                          "NextKeyframe": [keyframe("The glass lies in pieces.", True)]}))  # fmt: skip
+        return ChatReasoner(
+            ScriptedChat(
+                {"ScenePlan": [example_plan(PROMPT)], "NextKeyframe": [keyframe("The glass lies in pieces.", True)]}
+            )
+        )
 
     monkeypatch.setitem(REASONERS, "scripted", BackendKind(scripted, model="NAME"))
     assert think(tmp_path, server, "--reasoner", "scripted") == 2

@@ -132,8 +132,13 @@ class _OpenAIBackend:
                 seconds = time.perf_counter() - start
                 status = getattr(e, "status_code", None)
                 retryable = status is None or status in _RETRY_STATUS or status >= 500
-                report_request(model=self.model, outcome="failed", seconds=seconds, images_in=images_in,
-                               error=f"{type(e).__name__}: {e}")  # fmt: skip
+                report_request(
+                    model=self.model,
+                    outcome="failed",
+                    seconds=seconds,
+                    images_in=images_in,
+                    error=f"{type(e).__name__}: {e}",
+                )
                 if not retryable or attempt == self.max_retries:
                     if isinstance(e, openai.APIStatusError):
                         what = f"HTTP {status} from {self.base_url}: {server_message(e.response)}"
@@ -166,9 +171,11 @@ def server_message(response) -> str:
                 value = value.get("message") or value.get("detail") or json.dumps(value)
             if isinstance(value, list):  # FastAPI's validation errors: [{"loc": [...], "msg": ...}, ...]
                 value = "; ".join(
-                    f"{'.'.join(map(str, item.get('loc', [])))}: {item.get('msg')}" if isinstance(item, dict)
-                    else str(item) for item in value
-                )  # fmt: skip
+                    f"{'.'.join(map(str, item.get('loc', [])))}: {item.get('msg')}"
+                    if isinstance(item, dict)
+                    else str(item)
+                    for item in value
+                )
             if value:
                 return str(value)[:500]
     return text[:500]
@@ -248,8 +255,11 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
 
     def _settings(self) -> dict[str, Any]:
         # Settings at their defaults are left out, so that run folders made before they existed still match.
-        optional = {"structured_output": self.structured_output != "auto", "max_tokens": self.max_tokens is not None,
-                    "extra_body": bool(self.extra_body)}  # fmt: skip
+        optional = {
+            "structured_output": self.structured_output != "auto",
+            "max_tokens": self.max_tokens is not None,
+            "extra_body": bool(self.extra_body),
+        }
         return {
             "temperature": self.temperature,
             "image_detail": self.image_detail,
@@ -257,8 +267,9 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
         }
 
     def complete(self, messages: list[dict], schema: type[T]) -> T:
-        images_in = sum(p.get("type") == "image" for m in messages if isinstance(m["content"], list)
-                        for p in m["content"])  # fmt: skip
+        images_in = sum(
+            p.get("type") == "image" for m in messages if isinstance(m["content"], list) for p in m["content"]
+        )
         if schema is str:
             text, report = self._ask(messages, images_in)
             if not text.strip():
@@ -279,8 +290,9 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
             logger.warning(
                 "%s at %s answered a structured request with no JSON, so it ignores response_format: asking "
                 "with the schema in the prompt from now on (structured_output='prompt' starts there)",
-                self.model, self.base_url,
-            )  # fmt: skip
+                self.model,
+                self.base_url,
+            )
             self._mode = "prompt"
         answer = self._structured(prompts.schema_messages(messages, schema), schema, images_in, json_schema=False)
         if answer is _NO_JSON:
@@ -334,8 +346,13 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
             lambda: self.client.chat.completions.create(model=self.model, messages=body, **options),
             images_in=images_in,
         )
-        report = functools.partial(report_request, model=self.model, seconds=seconds, images_in=images_in,
-                                   **_tokens(getattr(completion, "usage", None)))  # fmt: skip
+        report = functools.partial(
+            report_request,
+            model=self.model,
+            seconds=seconds,
+            images_in=images_in,
+            **_tokens(getattr(completion, "usage", None)),
+        )
         choices = getattr(completion, "choices", None)
         if not choices:
             report(outcome="malformed", error="not a chat completion")
@@ -364,11 +381,14 @@ class OpenAIChatModel(_OpenAIBackend, ChatModel):
                     content = content[0]["text"]
                 else:
                     content = [
-                        {"type": "image_url", "image_url": {"url": image_to_data_url(p["image"]),
-                                                            "detail": self.image_detail}}
-                        if p["type"] == "image" else p
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": image_to_data_url(p["image"]), "detail": self.image_detail},
+                        }
+                        if p["type"] == "image"
+                        else p
                         for p in content
-                    ]  # fmt: skip
+                    ]
             converted.append({**message, "content": content})
         return converted
 
@@ -483,19 +503,31 @@ class OpenAIImageBackend(_OpenAIBackend, ImageBackend):
         data = getattr(response, "data", None)
         usage = getattr(response, "usage", None)
         if not isinstance(data, list) or not data or not getattr(data[0], "b64_json", None):
-            report_request(model=self.model, outcome="malformed", seconds=seconds, images_in=images_in,
-                           error="no image data", **_tokens(usage))  # fmt: skip
+            report_request(
+                model=self.model,
+                outcome="malformed",
+                seconds=seconds,
+                images_in=images_in,
+                error="no image data",
+                **_tokens(usage),
+            )
             raise MalformedResponseError(
                 f"{self.base_url} answered {self.model} without base64 image data: {str(response)[:120]!r}"
             )
         try:
             image = read_image(base64.b64decode(data[0].b64_json))
         except (UnreadableImageError, ValueError) as e:
-            report_request(model=self.model, outcome="malformed", seconds=seconds, images_in=images_in,
-                           images_out=len(data), error=str(e), **_tokens(usage))  # fmt: skip
+            report_request(
+                model=self.model,
+                outcome="malformed",
+                seconds=seconds,
+                images_in=images_in,
+                images_out=len(data),
+                error=str(e),
+                **_tokens(usage),
+            )
             raise MalformedResponseError(f"{self.model} returned image data that does not decode: {e}") from e
-        report_request(model=self.model, seconds=seconds, images_in=images_in, images_out=len(data),
-                       **_tokens(usage))  # fmt: skip
+        report_request(model=self.model, seconds=seconds, images_in=images_in, images_out=len(data), **_tokens(usage))
         return image
 
 

@@ -107,8 +107,11 @@ class TransformersChatModel(ChatModel):
                 "processor must be a transformers processor with a fast tokenizer and a chat template, "
                 f"got {type(processor).__name__}"
             )
-        for name, value in (("max_new_tokens", max_new_tokens), ("max_pixels", max_pixels),
-                            ("max_string_length", max_string_length)):  # fmt: skip
+        for name, value in (
+            ("max_new_tokens", max_new_tokens),
+            ("max_pixels", max_pixels),
+            ("max_string_length", max_string_length),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         if temperature is not None and not (
@@ -160,8 +163,13 @@ class TransformersChatModel(ChatModel):
         """
         from transformers import AutoModelForImageTextToText
 
-        settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, max_pixels=max_pixels,
-                        max_string_length=max_string_length)  # fmt: skip
+        settings = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_pixels=max_pixels,
+            max_string_length=max_string_length,
+        )
         _llguidance()
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
@@ -195,8 +203,11 @@ class TransformersChatModel(ChatModel):
         reported to `vchain.accounting` with its tokens, images and time.
         """
         inputs = self._inputs(messages)
-        usage = {"model": self.model_id, "input_tokens": inputs["input_ids"].shape[1],
-                 "images_in": sum(part.get("type") == "image" for part in _parts(messages))}  # fmt: skip
+        usage = {
+            "model": self.model_id,
+            "input_tokens": inputs["input_ids"].shape[1],
+            "images_in": sum(part.get("type") == "image" for part in _parts(messages)),
+        }
         matcher = _llguidance().LLMatcher(self._tokenizer, _grammar(schema, self.max_string_length))
         constraint = _GrammarConstraint(matcher, self._tokenizer.vocab_size, self.stop_tokens)
         tokens, usage["seconds"] = self._generate(inputs, constraint, usage)
@@ -299,9 +310,13 @@ class TransformersChatModel(ChatModel):
                 ]
             bounded.append({**message, "content": content})
         inputs = self.processor.apply_chat_template(
-            bounded, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            bounded,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
             sanitize_control_tokens=True,
-        )  # fmt: skip
+        )
         return inputs.to(self.model.device)
 
     def _sampling(self) -> dict[str, Any]:
@@ -451,8 +466,11 @@ def _load_processor(source: dict, config):
     ):
         return AutoProcessor.from_pretrained(**source)
     assembled = without_video(processor_class)
-    parts = {"image_processor": AutoImageProcessor.from_pretrained(**source),
-             "tokenizer": AutoTokenizer.from_pretrained(**source), "video_processor": None}  # fmt: skip
+    parts = {
+        "image_processor": AutoImageProcessor.from_pretrained(**source),
+        "tokenizer": AutoTokenizer.from_pretrained(**source),
+        "video_processor": None,
+    }
     processor_dict, kwargs = assembled.get_processor_dict(**source)
     return assembled.from_args_and_dict([parts[name] for name in assembled.get_attributes()], processor_dict, **kwargs)
 
