@@ -15,6 +15,7 @@ from typing import ClassVar
 import openai
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from vchain import VChainPipeline, prompts
 from vchain.backends.openai import OpenAIChatModel, OpenAIJudge, OpenAIReasoner
@@ -87,6 +88,16 @@ def test_a_re_ask_after_a_malformed_answer_tells_the_model_what_was_wrong():
     assert "thoughts is missing" in second[-1]["content"][-1]["text"]
     reasoner.plan(PROMPT)  # an answered request is asked plainly again
     assert chat.asked[-1][1] == first
+
+
+def test_a_chat_model_may_raise_pydantics_error_and_is_told_it_on_the_re_ask():
+    with pytest.raises(ValidationError) as invalid:
+        ScenePlan.model_validate({"thoughts": "only this"})
+    last = keyframe("The glass lies in pieces.", True)
+    chat = ScriptedChat({"ScenePlan": [invalid.value, example_plan(PROMPT)], "NextKeyframe": [last]})
+    chain = VChainPipeline(ChatReasoner(chat), DrawingImageBackend(), reasoning=FRAME.replace(max_keyframes=2))
+    assert len(chain.think(PROMPT).images) == 2
+    assert "consequences" in chat.asked[1][1][-1]["content"][-1]["text"]  # a missing field, named
 
 
 def test_only_a_chat_model_makes_a_reasoner_or_judge():

@@ -152,7 +152,7 @@ class _Choice:
     """
 
     def __init__(self, registry: dict, text: str | None, flag: str, *, what: str, model=None, given=(), ambient=None):
-        name, _, spec_model = (text or "openai").partition(":")
+        name, _, spec_model = (text or next(iter(registry))).partition(":")  # the first kind is the default
         self.kind = registry.get(name)
         if self.kind is None or bool(self.kind.model) != bool(spec_model):
             raise ConfigurationError(f"{flag} must be {_forms(registry)}, got {text!r}")
@@ -193,11 +193,13 @@ def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> N
     from vchain.reasoning import ReasoningConfig
 
     group = parser.add_argument_group("reasoning (OpenAI or any OpenAI-compatible server, or open weights in process)")
-    group.add_argument("--reasoner", default=None, help=f"{_forms(REASONERS)} (default: openai)")
+    group.add_argument("--reasoner", default=None, help=f"{_forms(REASONERS)} (default: {next(iter(REASONERS))})")
     group.add_argument("--reasoner-model", default=None, help="the OpenAI chat model (default: gpt-4o)")
     group.add_argument("--base-url", default=None, help="the chat model's server (default: OPENAI_BASE_URL)")
     _add_chat_options(group)
-    group.add_argument("--image-backend", default=None, help=f"{_forms(IMAGE_BACKENDS)} (default: openai)")
+    group.add_argument(
+        "--image-backend", default=None, help=f"{_forms(IMAGE_BACKENDS)} (default: {next(iter(IMAGE_BACKENDS))})"
+    )
     group.add_argument("--image-model", default=None, help="the OpenAI image model (default: gpt-image-1)")
     group.add_argument("--image-base-url", default=None, help="the image model's server (default: OPENAI_BASE_URL)")
     _add_config_flags(group, (ReasoningConfig,), REASONING_FLAGS)
@@ -650,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         "into its scores.json (cached by judge and video), and write judge-summary.csv/.md into RUNS_DIR.",
     )  # fmt: skip
     judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
-    judge.add_argument("--judge", default="openai", help=f"{_forms(JUDGES)} (default: openai)")
+    judge.add_argument("--judge", default=None, help=f"{_forms(JUDGES)} (default: {next(iter(JUDGES))})")
     judge.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
     judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
     _add_chat_options(judge)
