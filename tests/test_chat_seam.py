@@ -384,3 +384,19 @@ def test_vchain_judge_takes_the_chat_flags(server, tmp_path, capsys):
     assert entry["judge"]["structured_output"] == "prompt" and entry["scores"]["physics"] in range(1, 6)
     assert main(["judge", str(tmp_path), "--judge", "transformers:x", "--timeout", "5"]) == 2
     assert "--timeout does not apply to --judge transformers" in capsys.readouterr().err
+
+
+def test_a_changed_chat_setting_is_a_changed_reasoning_input_and_the_timeout_is_not(server, tmp_path, capsys):
+    assert think(tmp_path, server, "--max-tokens", "400") == 0
+    paid = len(server.requests)
+    assert think(tmp_path, server, "--max-tokens", "400", "--timeout", "30") == 0  # reused as it is
+    assert think(tmp_path, server, "--max-tokens", "500") == 2
+    assert "max_tokens" in capsys.readouterr().err and len(server.requests) == paid
+
+
+def test_the_chat_flags_are_refused_where_nothing_reasons(tmp_path, capsys):
+    from vchain.cli import main
+
+    args = ["generate", PROMPT, "-o", str(tmp_path / "run"), "--variant", "t2v", "--structured-output", "prompt"]
+    assert main(args) == 2
+    assert "--structured-output does not apply to the t2v variant" in capsys.readouterr().err
