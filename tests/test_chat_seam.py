@@ -317,6 +317,24 @@ def test_a_reasoner_registered_by_its_user_is_listed_and_accepted(server, tmp_pa
     assert "--max-tokens does not apply to --reasoner scripted" in capsys.readouterr().err
 
 
+def test_a_bare_factory_is_a_kind_too(server, tmp_path, capsys, monkeypatch):
+    from vchain.backends import REASONERS, BackendKind
+
+    def rules(model):  # no default: named as rules:MODEL
+        return ChatReasoner(
+            ScriptedChat({"ScenePlan": [example_plan(PROMPT)], "NextKeyframe": [keyframe(model, True)]})
+        )
+
+    monkeypatch.setitem(REASONERS, "rules", rules)
+    assert BackendKind.of(rules).form("rules") == "rules:MODEL" and BackendKind.of(rules).settings() == ()
+    assert think(tmp_path, server, "--reasoner", "rules:The glass is in pieces.") == 0
+    assert json.loads((tmp_path / "run" / "chain.json").read_text()).popitem()[1]["key_frames"] == [
+        "The glass is in pieces."
+    ]
+    assert think(tmp_path / "other", server, "--reasoner", "nope") == 2
+    assert "or rules:MODEL, got 'nope'" in capsys.readouterr().err
+
+
 # -- the backend example of docs/architecture.md, run against a stand-in for Ollama's chat API
 
 

@@ -129,7 +129,9 @@ def _given(args, flags) -> dict[str, Any]:
 
 def _forms(registry: dict) -> str:
     """The kinds a registry (`vchain.backends.REASONERS`, ...) holds, as the command line names them."""
-    return " or ".join(kind.form(name) for name, kind in registry.items())
+    from vchain.backends import BackendKind
+
+    return " or ".join(BackendKind.of(kind).form(name) for name, kind in registry.items())
 
 
 def _extra_body(text: str) -> dict:
@@ -153,7 +155,9 @@ class _Choice:
 
     def __init__(self, registry: dict, text: str | None, flag: str, *, what: str, model=None, given=(), ambient=None):
         name, _, spec_model = (text or next(iter(registry))).partition(":")  # the first kind is the default
-        self.kind = registry.get(name)
+        from vchain.backends import BackendKind
+
+        self.kind = BackendKind.of(registry[name]) if name in registry else None
         if self.kind is None or bool(self.kind.model) != bool(spec_model):
             raise ConfigurationError(f"{flag} must be {_forms(registry)}, got {text!r}")
         self.model = spec_model or model

@@ -14,7 +14,8 @@
 `_class_name` of its `model_index.json`, so one command serves every family.
 
 `REASONERS`, `IMAGE_BACKENDS` and `JUDGES` are the kinds `--reasoner`, `--image-backend` and `--judge` take,
-each a `BackendKind` (a factory and what it needs). A backend of your own registers itself by adding one::
+each a factory: a `BackendKind` (the factory and what it needs), or a bare function, read as
+`BackendKind.of(function)`. A backend of your own registers itself by adding one::
 
     from vchain.backends import REASONERS, BackendKind
     from vchain.reasoning import ChatReasoner
@@ -137,6 +138,18 @@ class BackendKind:
     factory: Callable[..., Any]
     model: str = ""
     checkpoint: str | None = None
+
+    @classmethod
+    def of(cls, entry: BackendKind | Callable[..., Any]) -> BackendKind:
+        """A registry entry as a `BackendKind`: itself, or a bare factory, which takes `KIND:MODEL` when its
+        first parameter has no default."""
+        if isinstance(entry, BackendKind):
+            return entry
+        first = next(iter(inspect.signature(entry).parameters.values()), None)
+        return cls(entry, model="MODEL" if first is not None and first.default is first.empty else "")
+
+    def __call__(self, *args: Any, **settings: Any) -> Any:
+        return self.factory(*args, **settings)
 
     def settings(self) -> tuple[str, ...]:
         """The settings the factory takes, by name."""
