@@ -87,12 +87,6 @@ class KeyframeVerdict(_Answer):
     )
 
 
-class AugmentedPrompt(_Answer):
-    """A rewritten prompt, as a structure for backends that constrain every answer to a schema."""
-
-    prompt: str = Field(description="The rewritten prompt, one detailed paragraph.")
-
-
 def chain_name(prompt: str) -> str:
     """A file-system-safe, stable, bounded name for a prompt, e.g. `"an_egg_falling_onto_concrete"`.
 

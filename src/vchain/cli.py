@@ -8,6 +8,7 @@ for each. Every setting is checked before any model loads or any request is sent
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -41,7 +42,9 @@ ACCELERATION_FLAGS = (
     ("--cache-threshold", "cache_threshold", {}),
 )  # fmt: skip
 ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshold")
-REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url")
+# The chat model's request settings (OpenAI-compatible servers), on the reasoner and on the judge.
+CHAT_OPTIONS = ("structured_output", "timeout", "max_tokens", "extra_body")
+REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url", *CHAT_OPTIONS)
 IMAGE_OPTIONS = ("image_backend", "image_model", "image_base_url")
 GENERATOR_OPTIONS = ("model", "device", "dtype")
 KEYFRAME_OPTIONS = ("max_keyframes", "edit_inputs", "color_correction", "verify_keyframes", "max_redos")
@@ -131,27 +134,82 @@ def _given(args, flags) -> dict[str, Any]:
     return {name: getattr(args, name) for _, name, _ in flags if getattr(args, name, None) is not None}
 
 
-def _spec(text: str, default: str, kinds: tuple[str, ...], flag: str) -> tuple[str, str | None]:
-    """`openai` or `transformers:ID_OR_DIR` style component choices, checked."""
-    kind, _, model = (text or default).partition(":")
-    if kind not in kinds or (kind != "openai") != bool(model):
-        forms = " or ".join(k if k == "openai" else f"{k}:ID_OR_DIR" for k in kinds)
-        raise ConfigurationError(f"{flag} must be {forms}, got {text!r}")
-    return kind, model or None
+def _forms(registry: dict) -> str:
+    """The kinds a registry (`vchain.backends.REASONERS`, ...) holds, as the command line names them."""
+    from vchain.backends import BackendKind
+
+    return " or ".join(BackendKind.of(kind).form(name) for name, kind in registry.items())
+
+
+def _extra_body(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"top_k\": 20}}', got {text!r}")
+    return value
+
+
+class _Choice:
+    """A component named by a flag such as `--reasoner transformers:ID`, from its registry in `vchain.backends`.
+
+    Checked at once: the kind, its model, the settings `given` (a flag the kind does not take is refused) and,
+    for a kind that loads weights, the checkpoint; `ambient` settings (device, dtype, the server) go to the
+    kinds that take them. `build()` makes it; the caller builds the cheap ones
+    before, and the ones that load weights after, every other check.
+    """
+
+    def __init__(self, registry: dict, text: str | None, flag: str, *, what: str, model=None, given=(), ambient=None):
+        name, _, spec_model = (text or next(iter(registry))).partition(":")  # the first kind is the default
+        from vchain.backends import BackendKind
+
+        self.kind = BackendKind.of(registry[name]) if name in registry else None
+        if self.kind is None or bool(self.kind.model) != bool(spec_model):
+            raise ConfigurationError(f"{flag} must be {_forms(registry)}, got {text!r}")
+        self.model = spec_model or model
+        takes = self.kind.settings()
+        refused = [option for dest, option, value in given if value is not None and dest not in takes]
+        if refused:
+            verb = "does" if len(refused) == 1 else "do"
+            raise ConfigurationError(f"{', '.join(refused)} {verb} not apply to {flag} {name}")
+        self.settings = {dest: value for dest, _, value in given if value is not None}
+        self.settings.update({k: v for k, v in (ambient or {}).items() if k in takes and v is not None})
+        if self.kind.checkpoint:
+            from vchain._hub import resolve_pretrained
+
+            resolve_pretrained(self.model, what=what, marker=self.kind.checkpoint, argument=flag)
+        self.component = None
+
+    @property
+    def loads_weights(self) -> bool:
+        return self.kind.checkpoint is not None
+
+    def build(self):
+        if self.component is None:
+            self.component = self.kind.factory(*([] if self.model is None else [self.model]), **self.settings)
+        return self.component
+
+
+def _chat_given(args) -> list[tuple[str, str, Any]]:
+    """(setting, flag, value) of the chat model's request flags, for `_Choice`."""
+    return [(dest, "--" + dest.replace("_", "-"), getattr(args, dest, None)) for dest in CHAT_OPTIONS]
 
 
 # ------------------------------------------------------------------------------------ components
 
 
 def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> None:
+    from vchain.backends import IMAGE_BACKENDS, REASONERS
     from vchain.reasoning import ReasoningConfig
 
     group = parser.add_argument_group("reasoning (OpenAI or any OpenAI-compatible server, or open weights in process)")
-    group.add_argument("--reasoner", default=None, help="openai (default) or transformers:ID_OR_DIR, a local VLM")
+    group.add_argument("--reasoner", default=None, help=f"{_forms(REASONERS)} (default: {next(iter(REASONERS))})")
     group.add_argument("--reasoner-model", default=None, help="the OpenAI chat model (default: gpt-4o)")
     group.add_argument("--base-url", default=None, help="the chat model's server (default: OPENAI_BASE_URL)")
+    _add_chat_options(group)
     group.add_argument(
-        "--image-backend", default=None, help="openai (default) or diffusers:ID_OR_DIR, a local image editor"
+        "--image-backend", default=None, help=f"{_forms(IMAGE_BACKENDS)} (default: {next(iter(IMAGE_BACKENDS))})"
     )
     group.add_argument("--image-model", default=None, help="the OpenAI image model (default: gpt-image-1)")
     group.add_argument("--image-base-url", default=None, help="the image model's server (default: OPENAI_BASE_URL)")
@@ -159,6 +217,21 @@ def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> N
     if frame:
         _add_config_flags(group, (ReasoningConfig,), FRAME_FLAGS)
         _add_device(group, "the local models' device")
+
+
+def _add_chat_options(group) -> None:
+    group.add_argument(
+        "--structured-output", choices=("auto", "json_schema", "prompt"), default=None,
+        help="json_schema: the server enforces the answer's schema (OpenAI, vLLM, SGLang); prompt: the schema goes "
+        "in the prompt and the JSON is read from the text (any server); auto (default): json_schema, then prompt "
+        "for the rest of the run once the server answers without JSON",
+    )  # fmt: skip
+    group.add_argument("--timeout", type=float, default=None, help="seconds per request attempt (default: 120)")
+    group.add_argument("--max-tokens", type=int, default=None, help="most tokens per answer (default: the server's)")
+    group.add_argument(
+        "--extra-body", type=_extra_body, default=None, metavar="JSON",
+        help="more keys for every chat request, as a JSON object (e.g. '{\"top_k\": 20}')",
+    )  # fmt: skip
 
 
 def _add_device(group, what: str) -> None:
@@ -174,55 +247,31 @@ class _Reasoning:
     def __init__(self, args):
         from vchain.reasoning import ReasoningConfig
 
-        self.args = args
         self.config = ReasoningConfig(**_given(args, REASONING_FLAGS), **_given(args, FRAME_FLAGS))
-        self.reasoner_kind, self.reasoner_model = _spec(
-            args.reasoner, "openai", ("openai", "transformers"), "--reasoner"
-        )
-        self.image_kind, self.image_model = _spec(
-            args.image_backend, "openai", ("openai", "diffusers"), "--image-backend"
-        )
         self.device = _device(getattr(args, "device", None))
-        from vchain._hub import resolve_pretrained
-        from vchain.backends.openai import OpenAIImageBackend, OpenAIReasoner
+        from vchain.backends import IMAGE_BACKENDS, REASONERS
 
-        # Local checkpoints are found first, then the OpenAI clients made (both cheap): a bad id or a
-        # missing key fails before any model loads.
-        if self.reasoner_model:
-            resolve_pretrained(
-                self.reasoner_model, what="reasoner weights", marker="config.json", argument="--reasoner"
-            )
-        if self.image_model:
-            resolve_pretrained(self.image_model, what="image model weights", marker="model_index.json",
-                               argument="--image-backend")  # fmt: skip
-
-        self.reasoner = self.image_backend = None
-        if self.reasoner_kind == "openai":
-            model = "gpt-4o" if args.reasoner_model is None else args.reasoner_model
-            self.reasoner = OpenAIReasoner(model, base_url=args.base_url)
-        if self.image_kind == "openai":
-            model = "gpt-image-1" if args.image_model is None else args.image_model
-            self.image_backend = OpenAIImageBackend(model, base_url=args.image_base_url)
+        ambient = {"dtype": getattr(args, "dtype", None), "device": self.device, "base_url": args.base_url}
+        # Local checkpoints are found first, then the clients made (both cheap): a bad id or a missing key
+        # fails before any model loads.
+        self.choices = (
+            _Choice(REASONERS, args.reasoner, "--reasoner", what="reasoner weights", model=args.reasoner_model,
+                    given=_chat_given(args), ambient=ambient),
+            _Choice(IMAGE_BACKENDS, args.image_backend, "--image-backend", what="image model weights",
+                    model=args.image_model, ambient={**ambient, "base_url": args.image_base_url}),
+        )  # fmt: skip
+        for choice in self.choices:
+            if not choice.loads_weights:
+                choice.build()
 
     def build(self):
         """(reasoner, image_backend), loading the local ones."""
-        dtype = getattr(self.args, "dtype", None)
-        if self.reasoner is None:
-            from vchain.backends.transformers import TransformersReasoner
-
-            self.reasoner = TransformersReasoner.from_pretrained(self.reasoner_model, dtype=dtype, device=self.device)
-        if self.image_backend is None:
-            from vchain.backends.diffusers import DiffusersImageBackend
-
-            self.image_backend = DiffusersImageBackend.from_pretrained(
-                self.image_model, dtype=dtype, device=self.device
-            )
-        return self.reasoner, self.image_backend
+        return tuple(choice.build() for choice in self.choices)
 
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
-    from vchain.backends._diffusers import Acceleration
+    from vchain.backends.diffusers_video import Acceleration
     from vchain.tuning import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
@@ -257,36 +306,32 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
 
 
 class _Search:
-    """The search the flags ask for and its judge: checked at once, a local judge loaded by `build()`."""
+    """The search the flags ask for and its judge (from `vchain.backends.JUDGES`): checked at once, a judge that
+    loads weights built by `build()`."""
 
     def __init__(self, args):
-        from vchain._hub import resolve_pretrained
+        from vchain.backends import JUDGES
         from vchain.search import SearchConfig
 
-        self.args, self.judge = args, None
         self.config = SearchConfig(**_given(args, SEARCH_FLAGS))
+        self.choice = None
         if not self.config.searches:
             _refuse_unused(args, (*JUDGE_OPTIONS, "accept", "objective"), "without --candidates above 1 or --rounds")
             self.config = None
             return
-        self.kind, self.model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
-        if self.kind == "openai":
-            from vchain.backends.openai import OpenAIJudge
-
-            self.judge = OpenAIJudge(args.judge_model or "gpt-4o", base_url=args.judge_base_url)
-        else:
+        ambient = {"base_url": args.judge_base_url, "dtype": getattr(args, "dtype", None)}
+        if args.judge is not None and ":" in args.judge:  # a local judge: its device
+            ambient["device"] = _device(getattr(args, "device", None))
+        self.choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
+                              ambient=ambient)  # fmt: skip
+        if self.choice.loads_weights:
             _refuse_unused(args, ("judge_model", "judge_base_url"), "to a local judge (--judge transformers:...)")
-            resolve_pretrained(self.model, what="judge weights", marker="config.json", argument="--judge")
+        else:
+            self.choice.build()  # a served judge is cheap to make, and a missing key shows before any work
 
     def build(self):
-        """The judge, loading a local one."""
-        if self.judge is None and self.config is not None:
-            from vchain.backends.transformers import TransformersJudge
-
-            self.judge = TransformersJudge.from_pretrained(
-                self.model, dtype=getattr(self.args, "dtype", None), device=_device(getattr(self.args, "device", None))
-            )
-        return self.judge
+        """The judge (None without a search), loading a local one."""
+        return None if self.choice is None else self.choice.build()
 
 
 def _device(name: str | None) -> str:
@@ -343,7 +388,7 @@ class _Generation:
             raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
         self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
         self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
-        from vchain.backends._diffusers import Acceleration
+        from vchain.backends.diffusers_video import Acceleration
 
         switches = _given(args, ACCELERATION_FLAGS)
         if switches.get("attention_backend") and not self.family.dispatches_attention:
@@ -579,16 +624,14 @@ def cmd_judge(args) -> int:
     runs = finished_runs(args.runs_dir)
     check_options(args.runs_dir, runs, baseline=args.baseline, by=args.by, labels=args.calibrate)
     config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
-    kind, model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
-    if kind == "openai":
-        from vchain.backends.openai import OpenAIJudge
+    from vchain.backends import JUDGES
 
-        judge = OpenAIJudge(args.judge_model, base_url=args.base_url, grid=args.grid)
-    else:
-        from vchain.backends.transformers import TransformersJudge
-
-        judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=_device(args.device))
-    result = judge_runs(args.runs_dir, judge, config, baseline=args.baseline, by=args.by, labels=args.calibrate)
+    ambient = {"grid": args.grid, "dtype": args.dtype, "device": _device(args.device), "base_url": args.base_url}
+    choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
+                     given=_chat_given(args), ambient=ambient)  # fmt: skip
+    result = judge_runs(
+        args.runs_dir, choice.build(), config, baseline=args.baseline, by=args.by, labels=args.calibrate
+    )
     print(result.summary_md.read_text(encoding="utf-8").rstrip())
     written = [result.summary_md, result.paired_md, result.calibration_md]
     print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json; "
@@ -617,6 +660,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vchain.backends import JUDGES
     from vchain.suite import PAPER_CASES
     from vchain.variants import VARIANTS
 
@@ -742,9 +786,10 @@ def build_parser() -> argparse.ArgumentParser:
         "judge-paired.csv/.md (each variant against --baseline) into RUNS_DIR.",
     )  # fmt: skip
     judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
-    judge.add_argument("--judge", default="openai", help="openai (default) or transformers:ID_OR_DIR")
-    judge.add_argument("--judge-model", default="gpt-4o", help="the OpenAI judge model (default: gpt-4o)")
+    judge.add_argument("--judge", default=None, help=f"{_forms(JUDGES)} (default: {next(iter(JUDGES))})")
+    judge.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
     judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
+    _add_chat_options(judge)
     judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
     judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
     judge.add_argument(

@@ -38,13 +38,13 @@ from vchain.judging import (
     FinishedRun,
     JudgingConfig,
     VideoScores,
-    _title,
     _unique,
     bootstrap_ci,
     judge_label,
     read_scores,
 )
 from vchain.run import Manifest, file_digest
+from vchain.scores import dimension_title
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def write_paired(
         lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]
         mine = [row for row in rows if row.judge == judge]
         for group in dict.fromkeys(row.group for row in mine):
-            header = ["variant", "n pairs", *(_title(d) for d in DIMENSIONS)]
+            header = ["variant", "n pairs", *(dimension_title(d) for d in DIMENSIONS)]
             lines += [
                 "",
                 f"### {group or 'all cases'}",
@@ -414,7 +414,7 @@ def write_calibration(
         lines += ["", f"## {entry['judge']}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in (r for r in rows if r.judge_key == key):
             cells = [_agreement_cell(row.agreement[name]) for name in AGREEMENTS]
-            lines.append("| " + " | ".join([_title(row.dimension), str(row.n), *cells]) + " |")
+            lines.append("| " + " | ".join([dimension_title(row.dimension), str(row.n), *cells]) + " |")
     md_path = _io.write_text(root / CALIBRATION_MD, "\n".join(lines) + "\n")
     return json_path, md_path
 
@@ -449,5 +449,5 @@ def agreement_line(judge: str, calibration: dict[str, dict]) -> str:
         kappa = values["kappa"]
         value = "—" if kappa["value"] is None else f"{kappa['value']:.2f}"
         interval = Interval(kappa["value"], kappa["ci_low"], kappa["ci_high"])
-        parts.append(f"{_title(dimension)} {value} {_brackets(interval)} (n {values['n']})")
+        parts.append(f"{dimension_title(dimension)} {value} {_brackets(interval)} (n {values['n']})")
     return f"Agreement with people ({Path(entry['labels']).name}, quadratic kappa): " + "; ".join(parts) + "."

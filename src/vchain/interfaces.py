@@ -16,6 +16,9 @@ The pipeline does the rest (the loop, stitching, fitting images to the frame, re
 behaviour lives in vchain's stage modules, not in backends. Backends that know their token usage can
 report it with `vchain.accounting.report_request`.
 
+A reasoner or judge built on a chat model needs only `ChatModel.complete` (messages and a schema in,
+a validated answer out); `vchain.reasoning.ChatReasoner` and `vchain.judging.ChatJudge` do the rest.
+
 `TunableGenerator` is the generator side of stage 2: what the model-agnostic `vchain.tuning.LoRATuner`
 needs from a video model (encoders, denoisers, the training objective). A generator that implements it
 is tuned like Wan; see `docs/generators.md`.
@@ -27,9 +30,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from PIL import Image
+from pydantic import BaseModel
 
 from vchain import prompts
 from vchain.errors import ConfigurationError
@@ -38,8 +42,9 @@ if TYPE_CHECKING:
     import torch
 
     from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
-    from vchain.judging import VideoScores
-    from vchain.tuning import TrainingObjective, TuningReport
+    from vchain.scores import VideoScores
+
+T = TypeVar("T")
 
 
 class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of its own
@@ -64,6 +69,29 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
 
         The default holds none. Local models move their weights off the GPU; the component stays usable
         (slower) and its `to(device)`, where it has one, brings it back.
+        """
+
+
+class ChatModel(Component):
+    """A chat model with vision that answers in a given structure: the one method a reasoning backend writes.
+
+    `vchain.reasoning.ChatReasoner` and `vchain.judging.ChatJudge` write vchain's tasks (the plan, the
+    next keyframe, the prompt rewrite, the keyframe check, the scores) as messages and a schema, once, over
+    any `ChatModel`; `OpenAIChatModel` and `TransformersChatModel` are the two built in.
+    """
+
+    @abstractmethod
+    def complete(self, messages: list[dict], schema: type[T]) -> T:
+        """Answer chat `messages` with a validated instance of `schema`.
+
+        Args:
+            messages: vchain's neutral layout (`vchain.prompts`): dicts with a `role` (`"system"` or
+                `"user"`) and a `content` that is a string or a list of parts, `{"type": "text", "text": ...}`
+                or `{"type": "image", "image": PIL.Image}`.
+            schema: a pydantic model class (the answer), or `str` for a plain-text answer.
+
+        Raise `vchain.errors.MalformedResponseError` for an answer worth asking again (invalid, cut off),
+        `RefusalError` for a refusal, `BackendError` when the model could not be reached or failed.
         """
 
 
@@ -216,6 +244,37 @@ class TunableGenerator(VideoGenerator):
 
     def check_frame(self, height: int, width: int) -> None:
         """Raise `ConfigurationError` if the model cannot take height x width (used for tuning sizes)."""
+
+
+class TrainingObjective(ABC):
+    """How a model is trained: from a noise level, the noisy input, the timestep and the target.
+
+    A noise level is a float in [0, 1] (0 clean, 1 pure noise) drawn on the host by the tuner; the
+    objective maps it into the model's own terms.
+    """
+
+    @abstractmethod
+    def levels(self, u: torch.Tensor) -> torch.Tensor:
+        """Map draws `u` in (0, 1) (uniform or logit-normal) to this model's noise levels (host)."""
+
+    @abstractmethod
+    def corrupt(
+        self, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy input, timestep, target) for clean latents `x0`, `noise` and per-sample `level`."""
+
+
+class TuningReport(BaseModel):
+    """What one tuning run did: losses at each read, where the time went, what was trained."""
+
+    losses: list[tuple[int, float]] = []
+    # Seconds since the first step began, at each loss read: a read waits for the device, so the time
+    # between two reads is what those steps took (a benchmark's per-step time without the set-up).
+    timeline: list[tuple[int, float]] = []
+    seconds: dict[str, float] = {}
+    trainable_parameters: int = 0
+    steps: int = 0
+    keyframes: int = 0
 
 
 class Adapter(ABC):

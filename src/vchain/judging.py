@@ -27,24 +27,24 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vchain import _io, stats
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
-from vchain.chain import _Answer
 from vchain.config import Config, describe_errors
 from vchain.errors import ConfigurationError, MalformedResponseError, StageError, VChainError
 from vchain.images import stitch
-from vchain.interfaces import Judge
+from vchain.interfaces import ChatModel, Judge
 from vchain.prompts import image_part, text_part
+from vchain.reasoning import ChatAsker, chat_description, check_chat
 from vchain.run import VIDEO_FILE, Manifest, file_digest, fingerprint, iter_runs, read_manifest
+from vchain.scores import DIMENSIONS, VideoScores, dimension_title
 
 logger = logging.getLogger(__name__)
 
 SCORES_FILE = "scores.json"
 SUMMARY_CSV = "judge-summary.csv"
 SUMMARY_MD = "judge-summary.md"
-DIMENSIONS = ("frame_quality", "temporal_quality", "text_alignment", "physics", "commonsense", "causality")
 # A grid keeps the image bill of a call fixed however many frames it tiles (as for perception).
 GRID_MAX_PIXELS = 1024 * 1024
 
@@ -93,70 +93,9 @@ The image tiles {count} frames sampled evenly from the video, numbered from 0 in
 right and top to bottom."""
 
 
-def _title(dimension: str) -> str:
-    return dimension.replace("_", " ")
-
-
 def _instruction() -> str:
-    definitions = "\n".join(f"- {_title(d)}: {DEFINITIONS[d]}." for d in DIMENSIONS)
+    definitions = "\n".join(f"- {dimension_title(d)}: {DEFINITIONS[d]}." for d in DIMENSIONS)
     return JUDGE_SYSTEM.format(definitions=definitions)
-
-
-def _reason(dimension: str) -> Any:
-    return Field(description=f"One or two sentences on what in the frames decides the {_title(dimension)} score.")
-
-
-def _score(dimension: str) -> Any:
-    # The scale travels in the schema as an enum, which OpenAI's strict mode and local grammars both
-    # honour (a local model could otherwise write digits forever); the validator below checks it too.
-    return Field(
-        description=f"{_title(dimension).capitalize()}: an integer from 1 (fails) to 5 (excellent).",
-        json_schema_extra={"enum": [1, 2, 3, 4, 5]},
-    )
-
-
-class VideoScores(_Answer):
-    """A judge's answer: each of the six dimensions scored 1 to 5, with the reason written first.
-
-    This is also the structured-output schema sent to the judge, so it stays flat with every field
-    required; the scale is an enum in the schema and is checked here as well. The
-    reason comes before its score so that a model writing in order reasons before it commits to a number.
-    """
-
-    # Strict: a score is an integer as sent, never a coerced `true` or `"4"`.
-    model_config = ConfigDict(strict=True)
-
-    frame_quality_reason: str = _reason("frame_quality")
-    frame_quality: int = _score("frame_quality")
-    temporal_quality_reason: str = _reason("temporal_quality")
-    temporal_quality: int = _score("temporal_quality")
-    text_alignment_reason: str = _reason("text_alignment")
-    text_alignment: int = _score("text_alignment")
-    physics_reason: str = _reason("physics")
-    physics: int = _score("physics")
-    commonsense_reason: str = _reason("commonsense")
-    commonsense: int = _score("commonsense")
-    causality_reason: str = _reason("causality")
-    causality: int = _score("causality")
-
-    @field_validator(*DIMENSIONS)
-    @classmethod
-    def _on_the_scale(cls, value: int, info) -> int:
-        if not 1 <= value <= 5:
-            raise ValueError(f"{info.field_name} must be an integer from 1 to 5, got {value}")
-        return value
-
-    def score(self, dimension: str) -> int:
-        return getattr(self, _check_dimension(dimension))
-
-    def reason(self, dimension: str) -> str:
-        return getattr(self, f"{_check_dimension(dimension)}_reason")
-
-
-def _check_dimension(dimension: str) -> str:
-    if dimension not in DIMENSIONS:
-        raise ConfigurationError(f"dimension must be one of {list(DIMENSIONS)}, got {dimension!r}")
-    return dimension
 
 
 class JudgingConfig(Config):
@@ -212,6 +151,31 @@ def judge_messages(prompt: str, frames: Sequence[Image.Image], *, grid: bool = F
         {"role": "system", "content": _instruction()},
         {"role": "user", "content": [text_part(text), *images]},
     ]
+
+
+class ChatJudge(Judge):
+    """The judge written once over any `ChatModel`: the frames and the prompt in, `VideoScores` out.
+
+    Args:
+        chat: the model that scores.
+        grid: send the frames tiled into one image instead of one image per frame.
+    """
+
+    def __init__(self, chat: ChatModel, *, grid: bool = False):
+        if not isinstance(grid, bool):
+            raise ConfigurationError(f"grid must be True or False, got {grid!r}")
+        self.chat, self.grid = check_chat(chat), grid
+        self._asker = ChatAsker()
+
+    def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
+        return self._asker(self.chat, judge_messages(prompt, frames, grid=self.grid), VideoScores)
+
+    def describe(self) -> dict[str, Any]:
+        return {**chat_description(self, self.chat), "grid": self.grid}
+
+    def release(self) -> None:
+        if self.chat is not self:  # a preset is its own chat model, whose release comes first
+            self.chat.release()
 
 
 # -- scores.json
@@ -655,7 +619,7 @@ def write_judge_summary(
         "standard deviation between the seeds' means. The cost is every request the judge sent for those "
         "runs, retries included.",
     ]
-    header = ["variant", "n", "cases", "seeds", *(_title(d) for d in DIMENSIONS), "requests", "input tokens",
+    header = ["variant", "n", "cases", "seeds", *(dimension_title(d) for d in DIMENSIONS), "requests", "input tokens",
               "output tokens"]  # fmt: skip
     for judge in dict.fromkeys(row.judge for row in rows):
         lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import re
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from PIL import Image
+    from pydantic import BaseModel
 
     from vchain.chain import ThoughtChain
 
@@ -234,3 +237,60 @@ def verify_messages(
         )
         parts = [text_part(text), image_part(stitch(chain.images, max_pixels)), image_part(image)]
     return [{"role": "system", "content": VERIFY_SYSTEM}, {"role": "user", "content": parts}]
+
+
+# Structured answers without the server's help: for servers that ignore `response_format` (`transformers
+# serve`, some proxies), the schema goes into the system message and the JSON is read out of the text.
+
+SCHEMA_INSTRUCTION = """
+
+Answer with one JSON object and nothing else: no text before or after it. The object follows this JSON \
+schema, named {name}:
+{schema}"""
+
+
+def schema_messages(messages: list[dict], schema: type[BaseModel]) -> list[dict]:
+    """`messages` with `schema` written into the system message (one is added if there is none)."""
+    instruction = SCHEMA_INSTRUCTION.format(
+        name=schema.__name__, schema=json.dumps(schema.model_json_schema(), separators=(",", ":"))
+    )
+    if messages and messages[0]["role"] == "system" and isinstance(messages[0]["content"], str):
+        return [{**messages[0], "content": messages[0]["content"] + instruction}, *messages[1:]]
+    return [{"role": "system", "content": instruction.lstrip()}, *messages]
+
+
+def read_json(text: str) -> Any:
+    """The JSON an answer's text holds: the whole text, else a fenced block, else the first object in it.
+
+    Returns None when the text holds no JSON value at all (prose only).
+    """
+    text = text.strip()
+    for candidate in (text, *re.findall(r"```[\w-]*\s*\n(.*?)```", text, flags=re.S)):
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    decoder = json.JSONDecoder()
+    for start in (m.start() for m in re.finditer(r"\{", text)):
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except ValueError:
+            continue
+    return None
+
+
+CORRECTION = """
+
+Your earlier answer(s) to this request could not be used:
+{problems}
+Answer again, in the requested structure."""
+
+
+def correction_messages(messages: list[dict], problems: list[str]) -> list[dict]:
+    """`messages` with what was wrong with earlier answers added to the last user message (a separate
+    message would break chat templates that insist on alternating roles)."""
+    note = CORRECTION.format(problems="\n".join(f"- {problem}" for problem in problems))
+    last = max(i for i, message in enumerate(messages) if message["role"] == "user")
+    content = messages[last]["content"]
+    content = content + note if isinstance(content, str) else [*content, text_part(note.lstrip())]
+    return [*messages[:last], {**messages[last], "content": content}, *messages[last + 1 :]]

@@ -9,6 +9,7 @@ a caption whose edit then failed is not paid for again, and the last-keyframe fl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from vchain.errors import (
     VChainError,
 )
 from vchain.images import UnreadableImageError, fit_to_frame, read_image, stitch
-from vchain.interfaces import ImageBackend, Reasoner
+from vchain.interfaces import ChatModel, ImageBackend, Reasoner
 
 if TYPE_CHECKING:
     from vchain.color import ColorCorrection
@@ -285,6 +286,89 @@ class _Loop:
         instruction = backend.instruction(caption, problem)
         return self.call(Image.Image, "edit", index, backend, "edit", references, instruction, width=width,
                          height=height)  # fmt: skip
+
+
+class ChatReasoner(Reasoner):
+    """The reasoning tasks written once over any `ChatModel`: each is messages (`vchain.prompts`) and a schema.
+
+    A new reasoning backend is then one class with one method, `ChatModel.complete`; the plan, the next
+    keyframe, the prompt rewrite and the keyframe check come from here, their re-asks and accounting
+    from the reasoning loop. `OpenAIReasoner` and `TransformersReasoner` are this class on their own chat
+    models.
+
+    Args:
+        chat: the model that answers.
+    """
+
+    def __init__(self, chat: ChatModel):
+        self.chat = check_chat(chat)
+        self._asker = ChatAsker()
+
+    def plan(self, prompt: str) -> ScenePlan:
+        return self._asker(self.chat, prompts.plan_messages(prompt), ScenePlan)
+
+    def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
+        return self._asker(self.chat, prompts.next_keyframe_messages(chain, composite), NextKeyframe)
+
+    def augment_prompt(self, prompt: str) -> str:
+        return self._asker(self.chat, prompts.augment_messages(prompt), str)
+
+    def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
+        return self._asker(self.chat, prompts.verify_messages(chain, image, caption), KeyframeVerdict)
+
+    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
+        return self._asker(self.chat, prompts.revise_messages(chain, critique), ScenePlan)
+
+    def describe(self) -> dict[str, Any]:
+        return chat_description(self, self.chat)
+
+    def release(self) -> None:
+        if self.chat is not self:  # a preset is its own chat model, whose release comes first
+            self.chat.release()
+
+
+def check_chat(chat: object) -> ChatModel:
+    if not isinstance(chat, ChatModel):
+        raise ConfigurationError(f"chat must be a vchain.interfaces.ChatModel, got {type(chat).__name__}")
+    return chat
+
+
+class ChatAsker:
+    """Asks a `ChatModel`, and tells it what was wrong when the same request comes again after a malformed
+    answer: a re-ask is then a new request that names the problem, never the same body sent again (a model
+    at temperature 0 would give the same bad answer)."""
+
+    def __init__(self):
+        self._problems: dict[str, list[str]] = {}
+
+    def __call__(self, chat: ChatModel, messages: list[dict], schema: type[T]) -> T:
+        key = _request_key(messages, schema)
+        problems = self._problems.pop(key, [])
+        try:
+            return chat.complete(prompts.correction_messages(messages, problems) if problems else messages, schema)
+        except (MalformedResponseError, ValidationError) as e:
+            problem = describe_errors(e) if isinstance(e, ValidationError) else str(e)
+            self._problems[key] = [*problems, problem[:300]]
+            raise
+
+
+def _request_key(messages: list[dict], schema: type) -> str:
+    digest = hashlib.sha256(schema.__name__.encode())
+    for message in messages:
+        parts = message["content"] if isinstance(message["content"], list) else [message["content"]]
+        for part in parts:
+            if isinstance(part, dict) and part.get("type") == "image":
+                digest.update(part["image"].tobytes())
+            else:
+                digest.update(str(part.get("text", "") if isinstance(part, dict) else part).encode())
+    return digest.hexdigest()
+
+
+def chat_description(component: Any, chat: ChatModel) -> dict[str, Any]:
+    """What a manifest records of a reasoner or judge built on `chat`: the chat model's description, under
+    the component's class, with the chat model's class beside it (a preset is its own chat model)."""
+    info = chat.describe()
+    return {**info, "class": type(component).__name__, **({} if chat is component else {"chat": info["class"]})}
 
 
 def augment(

@@ -60,7 +60,6 @@ from vchain.run import (
 )
 
 if TYPE_CHECKING:
-    from vchain.pipeline import VChainPipeline
     from vchain.run import RunDirectory
     from vchain.variants import Variant
 
@@ -147,11 +146,14 @@ class SearchResult:
 
 
 class Search:
-    """One search in a run folder, resumable from its `SearchRecord` (the sampling stage's `search`)."""
+    """One search in a run folder, resumable from its `SearchRecord` (the sampling stage's `search`).
+
+    `pipe` is the `VChainPipeline` that runs it (its components and its stage steps), which imports this module.
+    """
 
     judging = JudgingConfig()
 
-    def __init__(self, pipe: VChainPipeline, run: RunDirectory, record: SamplingRecord, config: SearchConfig,
+    def __init__(self, pipe: Any, run: RunDirectory, record: SamplingRecord, config: SearchConfig,
                  seed: int, prompt: str):  # fmt: skip
         self.pipe, self.run, self.record, self.config, self.seed, self.prompt = pipe, run, record, config, seed, prompt
         if record.search is None:

@@ -25,20 +25,19 @@ import logging
 import math
 import time
 import warnings
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from vchain import lora_files
 from vchain.config import Config
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
 from vchain.images import UnreadableImageError, read_image
-from vchain.interfaces import Adapter, TunableGenerator, Tuner, VideoGenerator
+from vchain.interfaces import Adapter, TrainingObjective, TunableGenerator, Tuner, TuningReport, VideoGenerator
 from vchain.lora_files import LORA_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
@@ -48,24 +47,6 @@ _PREFIX = lora_files.DIFFUSERS_PREFIX
 
 
 # ------------------------------------------------------------------------------------------ objectives
-
-
-class TrainingObjective(ABC):
-    """How a model is trained: from a noise level, the noisy input, the timestep and the target.
-
-    A noise level is a float in [0, 1] (0 clean, 1 pure noise) drawn on the host by the tuner; the
-    objective maps it into the model's own terms.
-    """
-
-    @abstractmethod
-    def levels(self, u: torch.Tensor) -> torch.Tensor:
-        """Map draws `u` in (0, 1) (uniform or logit-normal) to this model's noise levels (host)."""
-
-    @abstractmethod
-    def corrupt(
-        self, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(noisy input, timestep, target) for clean latents `x0`, `noise` and per-sample `level`."""
 
 
 class FlowMatchingObjective(TrainingObjective):
@@ -150,19 +131,6 @@ class LoRAConfig(Config):
         return LoraConfig(
             r=self.rank, lora_alpha=self.alpha, target_modules=list(target_modules), init_lora_weights=True
         )
-
-
-class TuningReport(BaseModel):
-    """What one tuning run did: losses at each read, where the time went, what was trained."""
-
-    losses: list[tuple[int, float]] = []
-    # Seconds since the first step began, at each loss read: a read waits for the device, so the time
-    # between two reads is what those steps took (a benchmark's per-step time without the set-up).
-    timeline: list[tuple[int, float]] = []
-    seconds: dict[str, float] = {}
-    trainable_parameters: int = 0
-    steps: int = 0
-    keyframes: int = 0
 
 
 # -------------------------------------------------------------------------------------------- adapter

@@ -39,7 +39,7 @@ def no_model_load(monkeypatch):
 @pytest.fixture
 def no_weights_load(monkeypatch):
     """Fails the test when weights are read: `from_pretrained` may check its arguments, not load."""
-    from vchain.backends._diffusers import DiffusersVideoGenerator
+    from vchain.backends.diffusers_video import DiffusersVideoGenerator
     from vchain.backends.wan import WanVideoGenerator
 
     def refuse(cls, *args, **kwargs):

@@ -30,7 +30,7 @@ def _cogvideox(model_id):
 
 
 def _image_backend(model_id):
-    from vchain.backends.diffusers import DiffusersImageBackend
+    from vchain.backends.diffusers_image import DiffusersImageBackend
 
     return DiffusersImageBackend.from_pretrained(model_id)
 

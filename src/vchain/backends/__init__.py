@@ -2,21 +2,46 @@
 
 - `vchain.backends.openai`: `OpenAIReasoner`, `OpenAIImageBackend`, `OpenAIJudge` (any OpenAI-compatible server).
 - `vchain.backends.transformers`: `TransformersReasoner`, `TransformersJudge` (open weights, in process).
-- `vchain.backends.diffusers`: `DiffusersImageBackend` (Qwen-Image-Edit-Plus, FLUX.2 klein, FLUX.1 Kontext).
-- `vchain.backends.wan`, `vchain.backends.cogvideox`: the video generator families and their tuners.
+- `vchain.backends.diffusers_image`: `DiffusersImageBackend` (Qwen-Image-Edit-Plus, FLUX.2 klein, FLUX.1
+  Kontext).
+- `vchain.backends.wan`, `vchain.backends.cogvideox`: the video generator families and their tuners, on
+  `vchain.backends.diffusers_video.DiffusersVideoGenerator`.
+
+`vchain.backends.diffusers` and `vchain.backends._diffusers`, the old names of `diffusers_image` and
+`diffusers_video`, still import (with a `DeprecationWarning`) until the next release.
 
 `generator_family(model_id)` tells which family a Diffusers-format checkpoint belongs to, from the
 `_class_name` of its `model_index.json`, so one command serves every family.
+
+`REASONERS`, `IMAGE_BACKENDS` and `JUDGES` are the kinds `--reasoner`, `--image-backend` and `--judge` take,
+each a factory: a `BackendKind` (the factory and what it needs), or a bare function, read as
+`BackendKind.of(function)`. A backend of your own registers itself by adding one::
+
+    from vchain.backends import REASONERS, BackendKind
+    from vchain.reasoning import ChatReasoner
+
+    def my_reasoner(model: str, *, base_url: str | None = None):
+        return ChatReasoner(MyChatModel(model, base_url))
+
+    REASONERS["mine"] = BackendKind(my_reasoner, model="NAME")   # vchain think ... --reasoner mine:NAME
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from vchain.backends._deprecated import RenamedModules
 from vchain.errors import ConfigurationError
+
+if not any(isinstance(finder, RenamedModules) for finder in sys.meta_path):
+    sys.meta_path.append(RenamedModules())
 
 
 @dataclass(frozen=True)
@@ -91,3 +116,122 @@ def generator_family(model_id: str | Path | None) -> GeneratorFamily:
 def family_of_generator(class_name: str | None) -> GeneratorFamily:
     """The family whose generator class is `class_name` (as a manifest records it), else the default."""
     return next((f for f in GENERATOR_FAMILIES.values() if f.generator == class_name), DEFAULT_FAMILY)
+
+
+# ------------------------------------------------------------------------------ reasoners, editors, judges
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One kind a `--reasoner`, `--image-backend` or `--judge` flag can name: a factory and what it takes.
+
+    Attributes:
+        factory: `factory(model, **settings)` builds the component. Its keyword parameters are the settings
+            the kind takes (`base_url`, `timeout`, `dtype`, `device`, ...): the CLI passes the ones given and
+            refuses a flag the kind does not take.
+        model: what follows `KIND:` on the command line (e.g. `"ID_OR_DIR"`); empty for a kind that is named
+            alone and takes its model from a flag of its own (`--reasoner-model`) or the factory's default.
+        checkpoint: a file the model's checkpoint holds (`"config.json"`) for a kind that loads weights:
+            the id or folder is found before anything runs, and the component is built after every check.
+    """
+
+    factory: Callable[..., Any]
+    model: str = ""
+    checkpoint: str | None = None
+
+    @classmethod
+    def of(cls, entry: BackendKind | Callable[..., Any]) -> BackendKind:
+        """A registry entry as a `BackendKind`: itself, or a bare factory, which takes `KIND:MODEL` when its
+        first parameter has no default."""
+        if isinstance(entry, BackendKind):
+            return entry
+        first = next(iter(inspect.signature(entry).parameters.values()), None)
+        return cls(entry, model="MODEL" if first is not None and first.default is first.empty else "")
+
+    def __call__(self, *args: Any, **settings: Any) -> Any:
+        return self.factory(*args, **settings)
+
+    def settings(self) -> tuple[str, ...]:
+        """The settings the factory takes, by name."""
+        parameters = list(inspect.signature(self.factory).parameters.values())[1:]
+        return tuple(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+    def form(self, name: str) -> str:
+        """How the command line names this kind, e.g. `transformers:ID_OR_DIR`."""
+        return f"{name}:{self.model}" if self.model else name
+
+
+def _openai_reasoner(
+    model: str = "gpt-4o", *, base_url=None, structured_output="auto", timeout=120.0, max_tokens=None, extra_body=None
+):
+    from vchain.backends.openai import OpenAIReasoner
+
+    return OpenAIReasoner(
+        model,
+        base_url=base_url,
+        structured_output=structured_output,
+        timeout=timeout,
+        max_tokens=max_tokens,
+        extra_body=extra_body,
+    )
+
+
+def _transformers_reasoner(model: str, *, dtype=None, device=None):
+    from vchain.backends.transformers import TransformersReasoner
+
+    return TransformersReasoner.from_pretrained(model, dtype=dtype, device=device)
+
+
+def _openai_image_backend(model: str = "gpt-image-1", *, base_url=None):
+    from vchain.backends.openai import OpenAIImageBackend
+
+    return OpenAIImageBackend(model, base_url=base_url)
+
+
+def _diffusers_image_backend(model: str, *, dtype=None, device=None):
+    from vchain.backends.diffusers_image import DiffusersImageBackend
+
+    return DiffusersImageBackend.from_pretrained(model, dtype=dtype, device=device)
+
+
+def _openai_judge(
+    model: str = "gpt-4o",
+    *,
+    base_url=None,
+    grid=False,
+    structured_output="auto",
+    timeout=120.0,
+    max_tokens=None,
+    extra_body=None,
+):
+    from vchain.backends.openai import OpenAIJudge
+
+    return OpenAIJudge(
+        model,
+        base_url=base_url,
+        grid=grid,
+        structured_output=structured_output,
+        timeout=timeout,
+        max_tokens=max_tokens,
+        extra_body=extra_body,
+    )
+
+
+def _transformers_judge(model: str, *, grid=False, dtype=None, device=None):
+    from vchain.backends.transformers import TransformersJudge
+
+    return TransformersJudge.from_pretrained(model, grid=grid, dtype=dtype, device=device)
+
+
+REASONERS: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_reasoner),
+    "transformers": BackendKind(_transformers_reasoner, model="ID_OR_DIR", checkpoint="config.json"),
+}
+IMAGE_BACKENDS: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_image_backend),
+    "diffusers": BackendKind(_diffusers_image_backend, model="ID_OR_DIR", checkpoint="model_index.json"),
+}
+JUDGES: dict[str, BackendKind] = {
+    "openai": BackendKind(_openai_judge),
+    "transformers": BackendKind(_transformers_judge, model="ID_OR_DIR", checkpoint="config.json"),
+}

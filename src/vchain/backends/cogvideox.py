@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain.backends._diffusers import DiffusersVideoGenerator, frame_errors
+from vchain.backends.diffusers_video import DiffusersVideoGenerator, frame_errors
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.tuning import LoRAConfig, LoRATuner, TrainingObjective
@@ -106,7 +106,7 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
     Args:
         pipeline: a loaded `diffusers.CogVideoXPipeline`, used as is (you own its device and dtype).
         compile, compile_backend, cache, cache_threshold: the acceleration switches
-            (`vchain.backends._diffusers.Acceleration`), applied around each sampling call. CogVideoX's
+            (`vchain.backends.diffusers_video.Acceleration`), applied around each sampling call. CogVideoX's
             attention calls torch directly, so `attention_backend` is refused.
         offload_text_encoder: keep T5 on the CPU between encodings.
         **sampling: defaults for every `sample` call, the fields of `CogVideoXSamplingConfig`

@@ -1,4 +1,5 @@
-"""Open-weight reasoning in process: `TransformersReasoner` runs a Hugging Face vision-language model.
+"""Open-weight reasoning in process: `TransformersChatModel` runs a Hugging Face vision-language model;
+`TransformersReasoner` and `TransformersJudge` are the reasoner and the judge on it.
 
 Any image-text-to-text checkpoint that `transformers.AutoModelForImageTextToText` loads and whose chat
 template takes images works; Qwen2.5-VL, Qwen3-VL and Gemma 3 are tested. Every answer is decoded under
@@ -34,16 +35,15 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from vchain import prompts
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
-from vchain.chain import AugmentedPrompt, KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.config import describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError
-from vchain.interfaces import Judge, Reasoner
-from vchain.judging import VideoScores
+from vchain.interfaces import ChatModel
+from vchain.judging import ChatJudge
+from vchain.reasoning import ChatReasoner
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T")
 
 # About a thousand vision tokens per image for Qwen2.5-VL (one token per 28x28 pixels), enough to read a
 # stitched chain of several 832x480 keyframes; the composite is scaled down to fit before processing.
@@ -62,7 +62,7 @@ _MAY_BE_EMPTY = frozenset({"problem"})
 _INSTALL = "pip install 'vchain[local]' (or: pip install llguidance)"
 
 
-class TransformersReasoner(Reasoner):
+class TransformersChatModel(ChatModel):
     """A vision-language model from transformers, answering in grammar-constrained JSON.
 
     Args:
@@ -97,7 +97,7 @@ class TransformersReasoner(Reasoner):
         if isinstance(model, (str, Path)):
             raise ConfigurationError(
                 f"model must be a loaded transformers model, got {model!r}; "
-                f"use TransformersReasoner.from_pretrained({str(model)!r})"
+                f"use {type(self).__name__}.from_pretrained({str(model)!r})"
             )
         if not callable(getattr(model, "generate", None)):
             raise ConfigurationError(f"model must be a transformers model with generate(), got {type(model).__name__}")
@@ -107,8 +107,11 @@ class TransformersReasoner(Reasoner):
                 "processor must be a transformers processor with a fast tokenizer and a chat template, "
                 f"got {type(processor).__name__}"
             )
-        for name, value in (("max_new_tokens", max_new_tokens), ("max_pixels", max_pixels),
-                            ("max_string_length", max_string_length)):  # fmt: skip
+        for name, value in (
+            ("max_new_tokens", max_new_tokens),
+            ("max_pixels", max_pixels),
+            ("max_string_length", max_string_length),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
         if temperature is not None and not (
@@ -151,7 +154,7 @@ class TransformersReasoner(Reasoner):
         token: str | bool | None = None,
         local_files_only: bool | None = None,
         **kwargs: Any,
-    ) -> TransformersReasoner:
+    ) -> TransformersChatModel:
         """Load an image-text-to-text checkpoint (a hub id or a local folder) and its processor.
 
         Args:
@@ -169,8 +172,13 @@ class TransformersReasoner(Reasoner):
         """
         from transformers import AutoModelForImageTextToText
 
-        settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, max_pixels=max_pixels,
-                        max_string_length=max_string_length)  # fmt: skip
+        settings = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_pixels=max_pixels,
+            max_string_length=max_string_length,
+        )
         _llguidance()
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
@@ -197,22 +205,7 @@ class TransformersReasoner(Reasoner):
         reasoner.weights = None if "path" in identity else identity
         return reasoner
 
-    # -- the Reasoner
-
-    def plan(self, prompt: str) -> ScenePlan:
-        return self.complete(prompts.plan_messages(prompt), ScenePlan)
-
-    def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
-        return self.complete(prompts.next_keyframe_messages(chain, composite), NextKeyframe)
-
-    def augment_prompt(self, prompt: str) -> str:
-        return self.complete(prompts.augment_messages(prompt), AugmentedPrompt).prompt
-
-    def revise(self, chain: ThoughtChain, critique: str) -> ScenePlan:
-        return self.complete(prompts.revise_messages(chain, critique), ScenePlan)
-
-    def verify_keyframe(self, chain: ThoughtChain, image: Image.Image, caption: str) -> KeyframeVerdict:
-        return self.complete(prompts.verify_messages(chain, image, caption), KeyframeVerdict)
+    # -- the ChatModel
 
     def complete(self, messages: list[dict], schema: type[T]) -> T:
         """Answer chat `messages` with an instance of `schema`, decoded under its JSON grammar.
@@ -221,15 +214,19 @@ class TransformersReasoner(Reasoner):
             messages: vchain's neutral chat messages (see `vchain.prompts`); an image part is
                 `{"type": "image", "image": PIL.Image}`.
             schema: the pydantic model of the answer, flat or nested; the grammar is its JSON schema
-                tightened by `constrained_schema` (closed objects, bounded strings and integers).
+                tightened by `constrained_schema` (closed objects, bounded strings and integers). `str`
+                asks for text: one JSON string of at most `max_string_length` characters, so it ends.
 
         Raises `MalformedResponseError` when the answer was cut off by `max_new_tokens` or does not
         validate (worth asking again), `BackendError` when generation itself fails. Each call is
         reported to `vchain.accounting` with its tokens, images and time.
         """
         inputs = self._inputs(messages)
-        usage = {"model": self.model_id, "input_tokens": inputs["input_ids"].shape[1],
-                 "images_in": sum(part.get("type") == "image" for part in _parts(messages))}  # fmt: skip
+        usage = {
+            "model": self.model_id,
+            "input_tokens": inputs["input_ids"].shape[1],
+            "images_in": sum(part.get("type") == "image" for part in _parts(messages)),
+        }
         matcher = _llguidance().LLMatcher(self._tokenizer, _grammar(schema, self.max_string_length))
         constraint = _GrammarConstraint(matcher, self._tokenizer.vocab_size, self.stop_tokens)
         tokens, usage["seconds"] = self._generate(inputs, constraint, usage)
@@ -272,7 +269,11 @@ class TransformersReasoner(Reasoner):
             raise MalformedResponseError(f"{self.model_id} left the {schema.__name__} grammar: {constraint.error}")
         text = self.processor.tokenizer.decode(tokens[:-1], skip_special_tokens=True)
         try:
+            if schema is str:
+                return json.loads(text).strip()
             return schema.model_validate_json(text)
+        except (ValueError, AttributeError) as e:  # the grammar allows neither; a tokenizer may still garble
+            raise MalformedResponseError(f"{self.model_id} did not return a JSON string: {text[:120]!r}") from e
         except ValidationError as e:
             raise MalformedResponseError(
                 f"{self.model_id} did not return a valid {schema.__name__}: {describe_errors(e)}"
@@ -280,7 +281,7 @@ class TransformersReasoner(Reasoner):
 
     # -- memory and records
 
-    def to(self, device: str | torch.device) -> TransformersReasoner:
+    def to(self, device: str | torch.device) -> TransformersChatModel:
         """Move the model to `device`, e.g. back to `"cuda"` after `release()`."""
         self.model.to(device)
         return self
@@ -329,9 +330,13 @@ class TransformersReasoner(Reasoner):
                 ]
             bounded.append({**message, "content": content})
         inputs = self.processor.apply_chat_template(
-            bounded, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            bounded,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
             sanitize_control_tokens=True,
-        )  # fmt: skip
+        )
         return inputs.to(self.model.device)
 
     def _sampling(self) -> dict[str, Any]:
@@ -438,7 +443,10 @@ def constrained_schema(schema: type[BaseModel], max_string_length: int) -> dict:
 def _grammar(schema: type[BaseModel], max_string_length: int) -> str:
     """llguidance's grammar for `schema`, compact JSON: free whitespace would let a model pad forever."""
     llguidance = _llguidance()
-    document = constrained_schema(schema, max_string_length)
+    if schema is str:
+        document = {"type": "string", "minLength": 1, "maxLength": max_string_length}
+    else:
+        document = constrained_schema(schema, max_string_length)
     grammar = llguidance.LLMatcher.grammar_from_json_schema(
         json.dumps(document), overrides={"whitespace_flexible": False}
     )
@@ -478,8 +486,11 @@ def _load_processor(source: dict, config):
     ):
         return AutoProcessor.from_pretrained(**source)
     assembled = without_video(processor_class)
-    parts = {"image_processor": AutoImageProcessor.from_pretrained(**source),
-             "tokenizer": AutoTokenizer.from_pretrained(**source), "video_processor": None}  # fmt: skip
+    parts = {
+        "image_processor": AutoImageProcessor.from_pretrained(**source),
+        "tokenizer": AutoTokenizer.from_pretrained(**source),
+        "video_processor": None,
+    }
     processor_dict, kwargs = assembled.get_processor_dict(**source)
     return assembled.from_args_and_dict([parts[name] for name in assembled.get_attributes()], processor_dict, **kwargs)
 
@@ -527,44 +538,47 @@ def _llguidance():
         import llguidance
         import llguidance.hf
     except ImportError as e:
-        raise ConfigurationError(f"TransformersReasoner constrains its answers with llguidance: {_INSTALL}") from e
+        raise ConfigurationError(f"TransformersChatModel constrains its answers with llguidance: {_INSTALL}") from e
     return llguidance
 
 
-class TransformersJudge(Judge):
-    """A local vision-language model that scores videos (`vchain judge --judge transformers:ID`).
+class TransformersReasoner(TransformersChatModel, ChatReasoner):
+    """`ChatReasoner` on a `TransformersChatModel`: open-weight reasoning in process.
 
-    It asks the model through `TransformersReasoner.complete`, so its `VideoScores` answer is decoded under
-    the schema's grammar (the 1-to-5 scale is an enum there) like every other local answer.
+    Takes the arguments of `TransformersChatModel`; `from_pretrained` loads a checkpoint.
+    """
+
+    def __init__(self, model, processor, **options: Any):
+        ChatReasoner.__init__(self, self)
+        TransformersChatModel.__init__(self, model, processor, **options)
+
+
+class TransformersJudge(ChatJudge):
+    """`ChatJudge` on a local vision-language model (`vchain judge --judge transformers:ID`).
+
+    Its `VideoScores` answer is decoded under the schema's grammar (the 1-to-5 scale is an enum there)
+    like every other local answer.
 
     Args:
-        reasoner: the loaded model, as a `TransformersReasoner` (whose decoding settings apply).
+        reasoner: the loaded model, as a `TransformersChatModel` (a `TransformersReasoner` is one), whose
+            decoding settings apply.
         grid: send the frames tiled into one image instead of one image per frame.
     """
 
-    def __init__(self, reasoner: TransformersReasoner, *, grid: bool = False):
-        if not isinstance(reasoner, TransformersReasoner):
+    def __init__(self, reasoner: TransformersChatModel, *, grid: bool = False):
+        if not isinstance(reasoner, TransformersChatModel):
             raise ConfigurationError(
-                f"reasoner must be a TransformersReasoner, got {type(reasoner).__name__}; "
+                f"reasoner must be a TransformersChatModel, got {type(reasoner).__name__}; "
                 "use TransformersJudge.from_pretrained(model_id)"
             )
-        if not isinstance(grid, bool):
-            raise ConfigurationError(f"grid must be True or False, got {grid!r}")
-        self.reasoner, self.grid = reasoner, grid
+        super().__init__(reasoner, grid=grid)
+        self.reasoner = reasoner
 
     @classmethod
     def from_pretrained(cls, model_id: str | Path, *, grid: bool = False, **kwargs: Any) -> TransformersJudge:
-        """Load `model_id` as `TransformersReasoner.from_pretrained(model_id, **kwargs)` does."""
-        return cls(TransformersReasoner.from_pretrained(model_id, **kwargs), grid=grid)
-
-    def score(self, prompt: str, frames) -> VideoScores:
-        from vchain.judging import judge_messages
-
-        return self.reasoner.complete(judge_messages(prompt, frames, grid=self.grid), VideoScores)
+        """Load `model_id` as `TransformersChatModel.from_pretrained(model_id, **kwargs)` does."""
+        return cls(TransformersChatModel.from_pretrained(model_id, **kwargs), grid=grid)
 
     def describe(self) -> dict[str, Any]:
+        # The local model's own record, as judges' cache keys have always held it.
         return {**self.reasoner.describe(), "class": type(self).__name__, "grid": self.grid}
-
-    def release(self) -> None:
-        """Give the accelerator memory back (see `TransformersReasoner.release`)."""
-        self.reasoner.release()

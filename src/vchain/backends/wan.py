@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pydantic import Field
 
-from vchain.backends._diffusers import DiffusersVideoGenerator, frame_errors
+from vchain.backends.diffusers_video import DiffusersVideoGenerator, frame_errors
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.tuning import FlowMatchingObjective, LoRAConfig, LoRATuner
@@ -59,7 +59,7 @@ class WanVideoGenerator(DiffusersVideoGenerator):
     Args:
         pipeline: a loaded `diffusers.WanPipeline`, used as is (you own its device and dtype).
         compile, compile_backend, attention_backend, cache, cache_threshold: the acceleration switches
-            (`vchain.backends._diffusers.Acceleration`), applied around each sampling call.
+            (`vchain.backends.diffusers_video.Acceleration`), applied around each sampling call.
         offload_text_encoder: keep UMT5 on the CPU between encodings (11 GiB of bfloat16 freed on the device).
         **sampling: defaults for every `sample` call, the fields of `WanSamplingConfig`
             (`height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0`, ...).

@@ -47,7 +47,7 @@ def open_weights_demo_pipeline(seed: int = 0, *, steps: int = 10):
     """
     import tempfile
 
-    from vchain.backends.diffusers import DiffusersImageBackend
+    from vchain.backends.diffusers_image import DiffusersImageBackend
     from vchain.backends.transformers import TransformersReasoner
     from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
     from vchain.pipeline import VChainPipeline

@@ -25,21 +25,39 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from vchain.chain import KeyframeVerdict
-from vchain.judging import DIMENSIONS, VideoScores
+from vchain.scores import DIMENSIONS, VideoScores
 from vchain.testing.fakes import ScriptedReasoner, draw_image
+
+# How servers word an error body: OpenAI (and vLLM, SGLang), FastAPI (`transformers serve`), Ollama, plain text.
+ERROR_STYLES = ("openai", "fastapi", "ollama", "text")
 
 
 @dataclass
 class Fault:
-    """A scripted failure: an HTTP error status, a delay longer than the client's timeout, etc."""
+    """A scripted failure: an HTTP error status, a delay longer than the client's timeout, etc.
+
+    `body` is sent as JSON, `text` as plain text (when both are None, an empty JSON object).
+    """
 
     status: int = 500
     delay: float = 0.0
     body: dict | None = None
+    text: str | None = None
 
     @classmethod
-    def http(cls, status: int) -> Fault:
-        return cls(status=status, body={"error": {"message": f"injected {status}", "type": "server_error"}})
+    def http(cls, status: int, message: str | None = None, *, style: str = "openai") -> Fault:
+        """An error status whose body says `message` the way a server of `style` (`ERROR_STYLES`) words it."""
+        message = message or f"injected {status}"
+        bodies = {
+            "openai": {"error": {"message": message, "type": "server_error" if status >= 500 else "invalid_request"}},
+            "fastapi": {"detail": message},
+            "ollama": {"error": message},
+        }
+        if style == "text":
+            return cls(status=status, text=message)
+        if style not in bodies:
+            raise ValueError(f"style must be one of {list(ERROR_STYLES)}, got {style!r}")
+        return cls(status=status, body=bodies[style])
 
     @classmethod
     def timeout(cls, seconds: float) -> Fault:
@@ -100,8 +118,7 @@ def scripted_chat(reasoner: ScriptedReasoner) -> ChatResponder:
     """
 
     def respond(body: dict) -> Reply:
-        fmt = body.get("response_format") or {}
-        name = (fmt.get("json_schema") or {}).get("name", "")
+        name = requested_schema(body)
         text = _user_text(body)
         if name == "ScenePlan":
             return Reply.json(reasoner.plan(text))
@@ -115,6 +132,17 @@ def scripted_chat(reasoner: ScriptedReasoner) -> ChatResponder:
         return Reply(content=reasoner.augment_prompt(text))
 
     return respond
+
+
+def requested_schema(body: dict) -> str:
+    """The name of the schema a chat request asks for: its `response_format`'s, or the one vchain's prompt mode
+    writes into the system message (`vchain.prompts.SCHEMA_INSTRUCTION`); "" for a plain-text request."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return fmt["json_schema"].get("name", "")
+    system = next((m.get("content") for m in body.get("messages", []) if m.get("role") == "system"), None)
+    match = re.search(r"JSON schema, named (\w+):", system) if isinstance(system, str) else None
+    return match.group(1) if match else ""
 
 
 def scripted_scores(body: dict) -> VideoScores:
@@ -143,7 +171,10 @@ class FakeOpenAIServer:
 
     Scripts are per route (`"chat"`, `"generate"`, `"edit"`): queue `Reply`, `Fault` or `PIL.Image`
     entries with `queue(route, *entries)`. When a route's queue is empty, chat falls back to
-    `chat_responder` and images to `draw_image(prompt)`. Every request is recorded in `requests`
+    `chat_responder` and images to `draw_image(prompt)`. With `ignores_response_format`, chat behaves
+    like a server without structured output (`transformers serve`): the model never sees a
+    `response_format`, so it answers in prose, and only a request that writes the schema into its
+    prompt gets its JSON back, in a fenced block amid prose. Every request is recorded in `requests`
     (JSON body, or multipart fields and files for edits). With `schema_path` (the OpenAPI subset), each
     body is validated against the official request schema; invalid ones get a 400 and their errors
     are recorded.
@@ -165,8 +196,15 @@ class FakeOpenAIServer:
         "edit": "CreateImageEditRequest",
     }
 
-    def __init__(self, chat_responder: ChatResponder | None = None, *, schema_path: str | Path | None = None):
+    def __init__(
+        self,
+        chat_responder: ChatResponder | None = None,
+        *,
+        schema_path: str | Path | None = None,
+        ignores_response_format: bool = False,
+    ):
         self.chat_responder = chat_responder or scripted_chat(ScriptedReasoner())
+        self.ignores_response_format = ignores_response_format
         self.requests: list[RecordedRequest] = []
         self._scripts: dict[str, deque] = {route: deque() for route in self.ROUTES.values()}
         self._lock = threading.Lock()
@@ -246,11 +284,15 @@ class FakeOpenAIServer:
                     return self._send(200, {"created": int(time.time()), "data": [{"b64_json": b64}]})
                 if isinstance(entry, Fault):
                     time.sleep(entry.delay)
+                    if entry.status and entry.text is not None:
+                        return self._send_bytes(entry.status, entry.text.encode(), "text/plain")
                     if entry.status:
                         return self._send(entry.status, entry.body or {})
                     entry = None
                 if route == "chat":
                     reply = entry if isinstance(entry, Reply) else server.chat_responder(body)
+                    if server.ignores_response_format:
+                        reply = _in_prose(body, reply)
                     return self._send(200, _chat_completion(body, reply))
                 image = entry if isinstance(entry, Image.Image) else _draw_for(body)
                 return self._send(200, _image_response(image, len(raw)))
@@ -330,6 +372,16 @@ def _chat_completion(body: dict, reply: Reply) -> dict:
             "total_tokens": prompt_chars // 4 + len(reply.content or "") // 4,
         },
     }
+
+
+def _in_prose(body: dict, reply: Reply) -> Reply:
+    """`reply` as a chat model answers when no server enforces the schema: prose only when the schema went in
+    `response_format` (the model never saw it), the JSON in a fenced block amid prose when the prompt held it."""
+    if body.get("response_format"):
+        return Reply(content="I picture a calm scene at first; then the objects move as physics dictates.")
+    if reply.content is None or not requested_schema(body):  # refusals and plain-text answers stay as they are
+        return reply
+    return Reply(content=f"Sure! Here is the answer:\n\n```json\n{reply.content}\n```\n\nAsk if you need more.")
 
 
 def _draw_for(body: dict) -> Image.Image:

@@ -1,6 +1,6 @@
 """Tiny random diffusers image-edit pipelines built offline, and checkpoints saved like the hub's.
 
-`tiny_image_pipeline(name)` builds one of the pipelines `vchain.backends.diffusers.DiffusersImageBackend`
+`tiny_image_pipeline(name)` builds one of the pipelines `vchain.backends.diffusers_image.DiffusersImageBackend`
 supports, with the component shapes of diffusers' own fast tests (a few million parameters at most) and
 tokenizers trained in memory; `tiny_image_checkpoint(name)` saves one with `save_pretrained` into a folder
 laid out like the family's hub checkpoint, so `DiffusersImageBackend.from_pretrained(folder)` runs the real

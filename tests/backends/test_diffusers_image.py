@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 
 from vchain import prompts
 from vchain.accounting import UsageMeter
-from vchain.backends.diffusers import DiffusersImageBackend
+from vchain.backends.diffusers_image import DiffusersImageBackend
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.reasoning import ReasoningConfig, reason
 from vchain.testing import ScriptedReasoner

@@ -31,7 +31,7 @@ real models); the reasoning loop then crops them exactly to the frame.
 Example::
 
     import torch
-    from vchain.backends.diffusers import DiffusersImageBackend
+    from vchain.backends.diffusers_image import DiffusersImageBackend
 
     images = DiffusersImageBackend.from_pretrained(
         "Qwen/Qwen-Image-Edit-2509", dtype=torch.bfloat16, device="cuda"
@@ -58,7 +58,7 @@ from pydantic import Field
 
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
-from vchain.backends._diffusers import parse_dtype
+from vchain.backends.diffusers_video import parse_dtype
 from vchain.config import Config
 from vchain.errors import BackendError, ConfigurationError, NumericalError
 from vchain.interfaces import ImageBackend
