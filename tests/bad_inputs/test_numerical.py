@@ -59,6 +59,9 @@ def test_a_blow_up_fails_tuning_naming_step_and_rate_and_keeps_the_chain(where, 
     generator = Poisoned(where, at, value)
     weights = {k: v.clone() for k, v in generator.denoiser.state_dict().items()}
     tuner = LoRATuner(steps=STEPS, learning_rate=3e-3, log_every=log_every, max_grad_norm=None)
+    generator.where = None  # healthy for the probe step the pipeline takes first (once per generator) ...
+    tuner.check(generator)
+    generator.where = where  # ... so the poison strikes the tuning run's own calls
     pipe = toy_pipeline(generator=generator, tuner=tuner)
     with pytest.raises(StageError) as error:
         pipe(PROMPT, folder)
