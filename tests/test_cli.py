@@ -54,6 +54,10 @@ def test_demo_runs_every_stage_and_a_second_run_reuses_it(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "RANDOM" in out
     assert iio.imread(tmp_path / "video.mp4").shape[0] == 17
+    # Its checkpoints keep their paths: the same command again reuses every stage.
+    record = (tmp_path / "manifest.json").read_bytes()
+    assert main(["demo", "--open-weights", "-o", str(tmp_path)]) == 0
+    assert "reused" in capsys.readouterr().out and (tmp_path / "manifest.json").read_bytes() == record
     stages = json.loads((tmp_path / "manifest.json").read_text())["stages"]
     assert all(stages[s]["status"] == "done" and stages[s]["total_seconds"] > 0 for s in stages)
     manifest = (tmp_path / "manifest.json").read_bytes()
@@ -264,7 +268,10 @@ def test_think_takes_the_keyframe_size_and_the_quality_switches(server, tmp_path
     ],
 )
 def test_bad_component_choices_are_usage_errors(server, tmp_path, capsys, flag, message):
-    assert main(["think", "p", "-o", str(tmp_path / "run"), "--base-url", server.base_url, *flag]) == 2
+    # --base-url is the chat model's server: refused beside an in-process reasoner, so the images' is given there.
+    local = any(f.startswith("transformers:") for f in flag)
+    url = ["--image-base-url" if local else "--base-url", server.base_url]
+    assert main(["think", "p", "-o", str(tmp_path / "run"), *url, *flag]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -14,10 +14,19 @@ from vchain.errors import ConfigurationError, StageError, VChainError
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from vchain.interfaces import ImageBackend, Judge, Reasoner, Tuner, VideoGenerator
     from vchain.pipeline import VChainOutput, VChainPipeline
+    from vchain.reasoning import ReasoningConfig
+    from vchain.tuning import LoRAConfig
 
 # The pipeline imports torch-heavy code lazily; `import vchain` stays light.
-_LAZY = {"VChainPipeline": "vchain.pipeline", "VChainOutput": "vchain.pipeline"}
+_LAZY = {
+    "VChainPipeline": "vchain.pipeline",
+    "VChainOutput": "vchain.pipeline",
+    "ReasoningConfig": "vchain.reasoning",
+    "LoRAConfig": "vchain.tuning",
+    **dict.fromkeys(("Reasoner", "ImageBackend", "VideoGenerator", "Tuner", "Judge"), "vchain.interfaces"),
+}
 
 
 def __getattr__(name: str):
@@ -30,13 +39,20 @@ def __getattr__(name: str):
 
 __all__ = [
     "ConfigurationError",
+    "ImageBackend",
+    "Judge",
     "KeyframeVerdict",
+    "LoRAConfig",
     "NextKeyframe",
+    "Reasoner",
+    "ReasoningConfig",
     "ScenePlan",
     "StageError",
     "ThoughtChain",
+    "Tuner",
     "VChainError",
     "VChainOutput",
     "VChainPipeline",
+    "VideoGenerator",
     "__version__",
 ]

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from vchain._redact import redact
+from vchain._redact import protect_logs, redact, scrub_exception
 from vchain.errors import ConfigurationError, VChainError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -91,7 +91,7 @@ def _folder(text: str) -> Path:
 
 def _flag_names() -> dict[str, str]:
     flags = (*REASONING_FLAGS, *FRAME_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
-    named = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed", "offload_text_encoder")
+    named = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "seed", "offload_text_encoder", "judge_model")
     return {**{d: "--" + d.replace("_", "-") for d in named}, **{name: flag for flag, name, _ in flags}}
 
 
@@ -175,6 +175,18 @@ class _Reasoning:
         self.image_kind, self.image_model = _spec(
             args.image_backend, "openai", ("openai", "diffusers"), "--image-backend"
         )
+        if args.max_redos is not None and not args.verify_keyframes:
+            raise ConfigurationError("--max-redos does not apply without --verify-keyframes (redraws follow a failed "
+                                     "verification): add --verify-keyframes, or leave --max-redos out")  # fmt: skip
+        if self.reasoner_kind != "openai":
+            _refuse_unused(
+                args, ("reasoner_model", "base_url"), f"to --reasoner {args.reasoner}, which runs in process"
+            )
+        if self.image_kind != "openai":
+            _refuse_unused(args, ("image_model", "image_base_url"),
+                           f"to --image-backend {args.image_backend}, run in process")  # fmt: skip
+        if args.command == "think" and self.reasoner_kind == self.image_kind == "openai":  # elsewhere: the generator's
+            _refuse_unused(args, ("device", "dtype"), "to OpenAI models, which run on their server")
         self.device = _device(getattr(args, "device", None))
         from vchain._hub import resolve_pretrained
         from vchain.backends.openai import OpenAIImageBackend, OpenAIReasoner
@@ -238,25 +250,9 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
 
 
 def _device(name: str | None) -> str:
-    import torch
+    from vchain.config import check_device
 
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigurationError(f"--device must be a torch device such as cpu or cuda:0, got {name!r}") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigurationError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"--device {name}: this torch has no usable CUDA device (torch.cuda.is_available() is False)"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigurationError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigurationError(f"--device {name}: MPS is not available here")
-    return str(device)
+    return check_device(name, "--device")
 
 
 class _Generation:
@@ -446,14 +442,17 @@ def cmd_demo(args) -> int:
     out = pipe(DEMO_PROMPT, output_dir=args.output, seed=seed, overwrite=args.overwrite)
     for name, record in out.manifest.stages:
         when = "this time" if name in out.ran else "reused"
-        print(f"  {name:<10} {record.status:<8} {when:<9} {record.total_seconds:.2f} s  {record.seconds}")
+        steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in record.seconds.items())
+        print(
+            f"  {name:<10} {record.status:<8} {when:<9} {record.total_seconds:.2f} s" + (f"  ({steps})" * bool(steps))
+        )
     print(f"{len(out.chain.images)} keyframes, {len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
 
 def cmd_suite(args) -> int:
     from vchain.run import check_output_dir
-    from vchain.suite import PAPER_CASES, parse_cases, run_suite
+    from vchain.suite import PAPER_CASES, parse_cases, run_suite, unfinished_runs
 
     check_output_dir(args.output, create=False)
     cases = parse_cases(args.cases) if args.cases is not None else list(range(len(PAPER_CASES)))
@@ -480,6 +479,11 @@ def cmd_suite(args) -> int:
 
     runs = run_suite(make_pipeline, args.output, cases, args.variants, seed=seed)
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
+    unfinished = unfinished_runs(runs)
+    if unfinished:
+        print(f"vchain suite: {len(unfinished)} of {len(runs)} run(s) did not finish: {', '.join(unfinished)}; "
+              "re-run the same command to resume them", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -490,9 +494,13 @@ def cmd_judge(args) -> int:
     config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
     kind, model = _spec(args.judge, "openai", ("openai", "transformers"), "--judge")
     if kind == "openai":
+        _refuse_unused(args, ("device", "dtype"), "to an OpenAI judge, which runs on its server")
+    else:
+        _refuse_unused(args, ("judge_model", "base_url"), f"to --judge {args.judge}, run in process")
+    if kind == "openai":
         from vchain.backends.openai import OpenAIJudge
 
-        judge = OpenAIJudge(args.judge_model, base_url=args.base_url, grid=args.grid)
+        judge = OpenAIJudge(args.judge_model or "gpt-4o", base_url=args.base_url, grid=args.grid)
     else:
         from vchain.backends.transformers import TransformersJudge
 
@@ -611,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     judge.add_argument("--judge", default="openai", help="openai (default) or transformers:ID_OR_DIR")
-    judge.add_argument("--judge-model", default="gpt-4o", help="the OpenAI judge model (default: gpt-4o)")
+    judge.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
     judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
     judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
     judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
@@ -631,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    protect_logs()
     try:
         folder = _run_folder(argv)
         if folder is None:
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
     except ConfigurationError as e:
         if "-v" in argv or "--verbose" in argv:
-            traceback.print_exc()
+            _print_traceback(e)
         print(redact(f"vchain: {e}"), file=sys.stderr)
         return EXIT_USAGE
 
@@ -656,16 +665,37 @@ def _run_folder(argv: list[str]) -> str | None:
     return known.output if known.command in RUN_FOLDER_COMMANDS and known.output else None
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--color-correction` followed by something that is no strength is the bare flag: argparse would take
+    the next argument (the prompt, say) as its value and fail on it."""
+    fixed = list(argv)
+    for i, token in enumerate(fixed[:-1]):
+        if token == "--color-correction" and not _is_float(fixed[i + 1]):
+            fixed[i] = "--color-correction=1.0"
+    return fixed
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_optional_values(argv))
     # vchain says what it does; the libraries below it only speak up for warnings (or with -v).
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("vchain").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.run(args)
+        with logging_redirect_tqdm():  # log lines go above the progress bars, never into them
+            return args.run(args)
     except ConfigurationError as e:
         _report(args, f"vchain {args.command}: {e}")
         return EXIT_USAGE
@@ -682,8 +712,15 @@ def _main(argv: list[str]) -> int:
 
 def _report(args, message: str) -> None:
     if args.verbose:
-        traceback.print_exc()
+        _print_traceback(sys.exc_info()[1])
     print(redact(message), file=sys.stderr)
+
+
+def _print_traceback(error: BaseException | None) -> None:
+    """The traceback of `error` and the exceptions chained to it, with every secret redacted."""
+    if error is not None:
+        scrub_exception(error)
+        print(redact("".join(traceback.format_exception(error))), end="", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from vchain.judging import (
     read_scores,
     summarize,
 )
-from vchain.run import VIDEO_FILE, file_digest, iter_runs, read_manifest
+from vchain.run import VIDEO_FILE, check_output_file, file_digest, iter_runs, read_manifest
 from vchain.variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ TEMPLATE = """\
 {% endif %}
 {% for case in cases %}
 <section class="case">
-  <h2>{{ case.prompt }}</h2>
+  <h2>{{ case.prompt }}</h2>{% if case.where %}<p class="note">{{ case.where }}</p>{% endif %}
   <div class="variants">
     {% for variant in variants %}{% set run = case.runs.get(variant) %}
     <article class="run">
@@ -168,6 +168,7 @@ class _RunView:
 class _CaseView:
     prompt: str
     runs: dict[str, _RunView] = field(default_factory=dict)
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,16 +181,15 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     """Write the page comparing every run below `root` to `output_html`; returns its path.
 
     Raises:
-        ConfigurationError: `root` does not exist or holds no run folder, or `output_html` is a folder.
+        ConfigurationError: `root` does not exist or holds no run folder, or `output_html` is no file vchain
+            may write (a folder, a link, a device, a FIFO, or a path inside a run folder).
     """
     import jinja2
 
     root = check_root(root)
-    output = Path(output_html).expanduser()
-    if output.is_dir():
-        raise ConfigurationError(f"output_html {str(output)!r} is a folder; pass the path of an .html file")
+    output = check_output_file(output_html, "output_html")
     base = output.parent.absolute()
-    cases: dict[str, _CaseView] = {}
+    cases: dict[tuple[str, Path], _CaseView] = {}
     finished: list[FinishedRun] = []
     for folder in iter_runs(root):
         try:
@@ -202,7 +202,9 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
             video = None
         elif manifest.status() == "done":
             finished.append(FinishedRun(folder, manifest))
-        case = cases.setdefault(manifest.prompt, _CaseView(manifest.prompt))
+        # Runs of one prompt in different folders (another seed, another tree) are separate cases: each
+        # video shown is one the summary counts.
+        case = cases.setdefault((manifest.prompt, folder.parent), _CaseView(manifest.prompt))
         case.runs[manifest.variant] = _RunView(
             variant=manifest.variant,
             status=manifest.status(),
@@ -213,6 +215,10 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
         )
     if not cases:
         raise ConfigurationError(f"root {str(root)!r} holds no run folder (a folder with manifest.json)")
+    prompts = [prompt for prompt, _ in cases]
+    for (prompt, parent), case in cases.items():
+        if prompts.count(prompt) > 1:
+            case.where = os.path.relpath(parent, root)
     present = {variant for case in cases.values() for variant in case.runs}
     variants = [v for v in VARIANTS if v in present] + sorted(present - set(VARIANTS))
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)

@@ -38,10 +38,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vchain import _io
-from vchain._redact import redact
+from vchain._redact import redact, scrub_exception
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain
 from vchain.color import ColorCorrection
@@ -74,6 +74,17 @@ class StageRecord(BaseModel):
     seconds: dict[str, float] = {}
     total_seconds: float = 0.0
     error: str | None = None
+
+    @field_validator("outputs")
+    @classmethod
+    def _inside_the_folder(cls, outputs: dict[str, str]) -> dict[str, str]:
+        # A manifest is read from disk and may have been edited or copied from elsewhere: an output
+        # name is joined to the folder to digest, replace or remove it, so it must stay inside.
+        for name in outputs:
+            problem = _io.safe_relative(name)
+            if problem is not None:
+                raise ValueError(f"output {name!r} {problem}; a run folder records paths inside itself only")
+        return outputs
 
 
 class ReasoningRecord(StageRecord):
@@ -143,16 +154,20 @@ def package_versions() -> dict[str, str]:
 
 
 def read_manifest(folder: str | Path) -> Manifest:
-    """The manifest of a run folder, or a `VChainError` naming the file and what is wrong with it."""
+    """The manifest of a run folder, or a `ConfigurationError` naming the file and what is wrong with it.
+
+    Only a plain file of bounded size is read (`vchain._io.read_regular`), and every output it records
+    must be a path inside the folder: a manifest from elsewhere can never make vchain touch other files.
+    """
     path = Path(folder) / MANIFEST_FILE
     fix = f"move {str(path)!r} aside to import the chain as is, or choose another folder"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_io.read_regular(path).decode("utf-8"))
         return Manifest.model_validate(data)
     except ValidationError as e:
-        raise VChainError(f"{str(path)!r} is not a vchain manifest ({describe_errors(e)[:300]}); {fix}") from e
+        raise ConfigurationError(f"{str(path)!r} is not a vchain manifest ({describe_errors(e)[:300]}); {fix}") from e
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise VChainError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {fix}") from e
+        raise ConfigurationError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {fix}") from e
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -194,6 +209,27 @@ def check_output_dir(output_dir: object, *, create: bool = True) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigurationError(f"output_dir {str(path)!r} cannot be created: {e.strerror or e}") from None
+    return path
+
+
+def check_output_file(path: object, argument: str) -> Path:
+    """A file path vchain may write; a `ConfigurationError` naming `argument` unless it is one.
+
+    The path must be a new or regular file (not a folder, a link, a device or a FIFO: an atomic write
+    would replace the node itself), and not inside a run folder, whose files are vchain's record.
+    """
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip() or "\0" in str(path):
+        raise ConfigurationError(f"{argument} must be a file path, got {path!r}")
+    path = Path(path).expanduser()
+    problem = _io.regular_file_error(path)
+    if problem not in (None, "does not exist"):
+        raise ConfigurationError(f"{argument} {str(path)!r} {problem}; pass the path of a new or regular file")
+    for folder in path.absolute().parents:
+        if (folder / MANIFEST_FILE).exists() or (folder / CHAIN_FILE).exists():
+            raise ConfigurationError(
+                f"{argument} {str(path)!r} is inside the run folder {str(folder)!r}, whose files are its record; "
+                "write it outside the run folder"
+            )
     return path
 
 
@@ -253,6 +289,9 @@ def hold(output_dir: str | Path) -> Iterator[Path]:
     created = not path.exists()
     path = check_output_dir(path)
     key = path.resolve()
+    if key in _HELD:  # this process holds it already (a judge on a tree that is itself a run folder)
+        yield path
+        return
     try:
         lock = _FolderLock(path)
     except PermissionError:  # a read-only folder: RunDirectory reads it as is, or says why not
@@ -303,6 +342,7 @@ class RunDirectory:
             if not self.read_only:
                 self._remove_leftovers()
             self.manifest = self._open_manifest(prompt, variant)
+            self._refuse_linked_outputs()
             if overwrite:
                 self._start_over()
             elif not self.read_only:
@@ -372,6 +412,19 @@ class RunDirectory:
                     f"output_dir {str(self.path)!r} holds a symlink, {str(path)!r}; vchain refuses links "
                     "inside run folders (they could make it write elsewhere): remove it"
                 )
+
+    def _refuse_linked_outputs(self) -> None:
+        """Every recorded output is reached without a link, so replacing or removing it stays inside."""
+        for stage in STAGES:
+            for name in self.record(stage).outputs:
+                parts = name.split("/")
+                for depth in range(1, len(parts) + 1):
+                    path = self.path.joinpath(*parts[:depth])
+                    if path.is_symlink():
+                        raise ConfigurationError(
+                            f"output_dir {str(self.path)!r}: the manifest's output {name!r} goes through a "
+                            f"symlink, {str(path)!r}; vchain refuses links inside run folders: remove it"
+                        )
 
     def _remove_leftovers(self) -> None:
         for path in list(self._entries()):
@@ -462,8 +515,9 @@ class RunDirectory:
             return f"{stage} left no recorded artifact"
         for name, digest in record.outputs.items():
             path = self.path / name
-            if not path.is_file():
-                return f"{name} is missing"
+            problem = _io.regular_file_error(path)
+            if problem is not None:
+                return f"{name} is missing" if problem == "does not exist" else f"{name} {problem}"
             if file_digest(path) != digest:
                 return f"{name} changed since it was written"
         return None
@@ -533,6 +587,7 @@ class RunDirectory:
         try:
             result = compute(record)
         except BaseException as e:
+            scrub_exception(e)
             record.status, record.error = "failed", redact(f"{type(e).__name__}: {e}")[:2000]
             raise
         else:

@@ -100,7 +100,7 @@ class LoRAConfig(Config):
     """
 
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
+    alpha: float = Field(16.0, gt=0, le=10_000, description="LoRA alpha; the update is scaled by alpha / rank")
     learning_rate: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate of the LoRA")
     steps: int = Field(300, ge=1, le=1_000_000, description="optimizer steps")
     batch_size: int = Field(1, ge=1, le=64, description="keyframes per step")
@@ -395,7 +395,7 @@ class LoRATuner(Tuner):
         if not targets:
             raise ConfigurationError(f"{type(generator).__name__} names no lora_targets; set target_modules")
         for denoiser in generator.denoisers():
-            _check_targets(denoiser, targets)
+            _check_targets(denoiser, targets, config.rank)
             if config.compile:
                 repeated_blocks(denoiser)
         return tuple(targets)
@@ -637,14 +637,26 @@ def _tunable(generator: object, action: str) -> TunableGenerator:
     return generator
 
 
-def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
-    names = [name for name, module in denoiser.named_modules() if isinstance(module, torch.nn.Linear)]
+def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str], rank: int) -> None:
+    linears = {name: module for name, module in denoiser.named_modules() if isinstance(module, torch.nn.Linear)}
+    names = list(linears)
     unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if unmatched:
         examples = sorted({n.split(".", 2)[-1] for n in names})[:8]
         raise ConfigurationError(
             f"target_modules {unmatched} match no linear layer of {type(denoiser).__name__}; "
             f"its linears are named like {examples}"
+        )
+    # A rank above a layer's narrower side adds parameters and no expressiveness: a mistake, not a choice.
+    width, name = min(
+        (min(m.in_features, m.out_features), n)
+        for n, m in linears.items()
+        if any(n == t or n.endswith(f".{t}") for t in targets)
+    )
+    if rank > width:
+        raise ConfigurationError(
+            f"rank {rank} is above the width of the targeted layers of {type(denoiser).__name__} (the narrowest, "
+            f"{name}, is {width} wide); a LoRA's rank can be at most min(in, out): choose rank <= {width}"
         )
 
 

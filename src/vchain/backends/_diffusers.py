@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from vchain._hub import resolve_pretrained
 from vchain.accounting import report_timing
-from vchain.config import Config
+from vchain.config import Config, check_device
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.interfaces import TunableGenerator
 from vchain.tuning import compiled_blocks
@@ -237,6 +237,8 @@ class DiffusersVideoGenerator(TunableGenerator):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        if device is not None:
+            check_device(device)
         source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json")
         try:
             pipeline = cls._load(source, dtype)

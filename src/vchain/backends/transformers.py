@@ -38,7 +38,7 @@ from vchain import prompts
 from vchain._hub import resolve_pretrained
 from vchain.accounting import report_request
 from vchain.chain import AugmentedPrompt, KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
-from vchain.config import describe_errors
+from vchain.config import check_device, describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError
 from vchain.interfaces import Judge, Reasoner
 from vchain.judging import VideoScores
@@ -166,6 +166,8 @@ class TransformersReasoner(Reasoner):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = _dtype(dtype if dtype is not None else torch_dtype)
+        if device is not None:
+            check_device(device)
         source = resolve_pretrained(model_id, what="reasoner weights", marker="config.json", argument="model_id")
         if device is not None:
             kwargs["device_map"] = device

@@ -44,10 +44,15 @@ class WanSamplingConfig(Config):
     max_sequence_length: int = Field(512, ge=1, le=512, description="text tokens; tuning encodes with it too")
     fps: int = Field(16, ge=1, le=240, description="frame rate of the written mp4")
 
-    def check(self, spatial_multiple: int = _SPATIAL, temporal_stride: int = _TEMPORAL) -> WanSamplingConfig:
+    def check(
+        self,
+        spatial_multiple: int = _SPATIAL,
+        temporal_stride: int = _TEMPORAL,
+        max_size: tuple[int, int] | None = None,
+    ) -> WanSamplingConfig:
         """Raise `ConfigurationError` for sizes the model cannot render (it would round them silently)."""
         errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
-                              frame_stride=temporal_stride)  # fmt: skip
+                              frame_stride=temporal_stride, max_size=max_size)  # fmt: skip
         if errors:
             raise ConfigurationError("invalid Wan sampling settings: " + "; ".join(errors))
         return self
@@ -82,11 +87,16 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
 
     def _checked(self, config: WanSamplingConfig) -> WanSamplingConfig:
-        return config.check(*self._multiples())
+        return config.check(*self._multiples(), self._max_size())
 
     def _multiples(self) -> tuple[int, int]:
         patch = self.pipeline.transformer.config.patch_size
         return self.pipeline.vae_scale_factor_spatial * patch[1], self.pipeline.vae_scale_factor_temporal
+
+    def _max_size(self) -> tuple[int, int]:
+        """The largest frame the rotary positions cover (Wan2.1/2.2: 16384 px a side; a tiny test model less)."""
+        side = self.pipeline.transformer.config.rope_max_seq_len * self._multiples()[0]
+        return side, side
 
     # -- sampling
 
@@ -127,7 +137,7 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         return FlowMatchingObjective(float(shift or 1.0))
 
     def check_frame(self, height: int, width: int) -> None:
-        errors = frame_errors(height, width, self._multiples()[0])
+        errors = frame_errors(height, width, self._multiples()[0], max_size=self._max_size())
         if errors:
             raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
 

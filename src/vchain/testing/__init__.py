@@ -17,6 +17,7 @@ Kontext), and `vchain.testing.toy` (`ToyGenerator`, a tunable generator with no 
 from vchain.testing.demo import DEMO_CAPTIONS, DEMO_PROMPT, demo_pipeline
 from vchain.testing.fakes import DrawingImageBackend, ScriptedReasoner, draw_image, example_plan
 from vchain.testing.openai_server import (
+    EchoAuthorization,
     FakeOpenAIServer,
     Fault,
     HtmlPage,
@@ -31,6 +32,7 @@ __all__ = [
     "DEMO_CAPTIONS",
     "DEMO_PROMPT",
     "DrawingImageBackend",
+    "EchoAuthorization",
     "FakeOpenAIServer",
     "Fault",
     "HtmlPage",
