@@ -229,7 +229,7 @@ class ThoughtChain:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for image, file_name in zip(self.images, self.file_names, strict=False):
-            _io.atomic_write(directory / file_name, lambda f, im=image: im.save(f, format="PNG"))
+            _io.atomic_write(directory / file_name, lambda f, im=image: f.write(png_bytes(im)))
         if self.images:
             _io.write_text(directory / METADATA_FILE, self.metadata_csv())
         _io.write_json(directory / CHAIN_FILE, self.to_json())
@@ -289,6 +289,13 @@ class ThoughtChain:
                     raise VChainError(f"chain {name!r} in {str(directory)!r}: {e}; {redo}") from e
             chain.images = images
         return chain
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG a chain saves for `image` (one encoding, so its sha256 can be recorded before it is written)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _first_errors(error: Exception) -> str:

@@ -43,10 +43,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vchain import _io
 from vchain._redact import redact, scrub_exception
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
-from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain
+from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain, png_bytes
 from vchain.color import ColorCorrection
 from vchain.config import describe_errors
 from vchain.errors import ConfigurationError, VChainError
+from vchain.images import read_image
 from vchain.reasoning import KeyframeAnswer, KeyframeCheck, ReasoningLog, StopReason
 from vchain.variants import STAGES
 
@@ -644,12 +645,27 @@ class RunDirectory:
             return None
         chain = ThoughtChain.load(self.path, with_images=False)
         committed = set(chain.file_names)
+        drawn = self._drawn_keyframe(chain)
         for path in self.path.glob(f"{chain.name}_*.png"):
-            if path.name not in committed:
+            if path.name not in committed and path.name != drawn:
                 path.unlink()
         if (self.path / chain.file_names[0]).is_file():
             chain = ThoughtChain.load(self.path, with_images=True)
+        if drawn is not None and len(chain.images) == len(chain.captions):
+            answer = next(a for a in self.record("reasoning").answers if a.index == len(chain.captions))
+            chain.append(answer.caption, read_image(self.path / drawn))
+            chain.save(self.path)
+            logger.info("%s: keyframe %d was drawn before a stop; adopted, not drawn again", self.path, answer.index)
         return chain
+
+    def _drawn_keyframe(self, chain: ThoughtChain) -> str | None:
+        """The next keyframe's PNG when it is the very image the manifest recorded as paid for, else None."""
+        index = len(chain.captions)
+        answer = next((a for a in self.record("reasoning").answers if a.index == index), None)
+        name = f"{chain.name}_{index}.png"
+        if answer is None or answer.image_sha256 is None or _io.regular_file_error(self.path / name) is not None:
+            return None
+        return name if file_digest(self.path / name) == answer.image_sha256 else None
 
     def reasoning_log(self) -> ReasoningLog:
         return _FolderReasoningLog(self)
@@ -740,6 +756,14 @@ class _FolderReasoningLog(ReasoningLog):
     def record_correction(self, index: int, correction: ColorCorrection) -> None:
         super().record_correction(index, correction)
         self.record.corrections = dict(self.corrections)
+
+    def record_drawn(self, answer: KeyframeAnswer, image) -> None:
+        # The paid image's digest goes into the manifest before its PNG is written: a crash between the
+        # PNG and chain.json then leaves a file a resume can recognise and adopt, not pay for again.
+        drawn = answer.model_copy(update={"image_sha256": hashlib.sha256(png_bytes(image)).hexdigest()})
+        self.answers[answer.index] = drawn
+        self.record.answers = [a for a in self.record.answers if a.index != answer.index] + [drawn]
+        self.run.save()
 
     def commit(self, chain: ThoughtChain) -> None:
         chain.save(self.run.path)

@@ -203,3 +203,74 @@ def test_a_read_only_run_is_reported_before_anything_is_paid(judged_tree):
 def test_hold_inside_hold_of_the_same_folder_is_one_lock(tmp_path):
     with hold(tmp_path / "run") as outer, hold(outer) as inner:
         assert inner == outer and (outer / ".lock").is_file()
+
+
+# ------------------------------------------------------------------------------- the keyframe window
+
+
+class Killed(BaseException):
+    """Stands in for a kill: nothing catches it but the run's own bookkeeping."""
+
+
+def test_a_stop_between_a_keyframes_png_and_chain_json_does_not_pay_for_the_edit_again(tmp_path, monkeypatch):
+    from vchain import ThoughtChain
+    from vchain import chain as chain_module
+
+    folder = tmp_path / "run"
+    write_json = chain_module._io.write_json
+    commits = []
+
+    def stop_at_the_second_keyframe(path, data):
+        if Path(path).name == "chain.json":
+            commits.append(path)
+            if len(commits) == 3:  # plan, keyframe 0, then keyframe 1: its PNG is on disk, chain.json not yet
+                raise Killed
+        return write_json(path, data)
+
+    monkeypatch.setattr(chain_module._io, "write_json", stop_at_the_second_keyframe)
+    first = toy_pipeline()
+    with pytest.raises(Killed):
+        first.think(PROMPT, folder)
+    monkeypatch.setattr(chain_module._io, "write_json", write_json)
+    paid = work_done(first)
+    assert ThoughtChain.load(folder, with_images=False).key_frames == [] and (folder / f"{_name()}_1.png").is_file()
+
+    again = toy_pipeline()
+    chain = again.think(PROMPT, folder)
+    assert paid["images"] == 2 and work_done(again)["images"] == 1  # only keyframe 2's edit; keyframe 1 adopted
+    assert work_done(again)["reasoner"] == 1 and len(chain.images) == 3
+
+    fresh = toy_pipeline().think(PROMPT, tmp_path / "fresh")
+    assert [im.tobytes() for im in chain.images] == [im.tobytes() for im in fresh.images]
+
+
+def test_a_png_that_is_not_the_recorded_draw_is_not_adopted(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vchain import chain as chain_module
+
+    folder = tmp_path / "run"
+    write_json = chain_module._io.write_json
+    commits = []
+
+    def stop(path, data):
+        if Path(path).name == "chain.json":
+            commits.append(path)
+            if len(commits) == 3:
+                raise Killed
+        return write_json(path, data)
+
+    monkeypatch.setattr(chain_module._io, "write_json", stop)
+    with pytest.raises(Killed):
+        toy_pipeline().think(PROMPT, folder)
+    monkeypatch.setattr(chain_module._io, "write_json", write_json)
+    Image.new("RGB", (4, 4), "red").save(folder / f"{_name()}_1.png")  # replaced by hand after the stop
+    again = toy_pipeline()
+    chain = again.think(PROMPT, folder)
+    assert work_done(again)["images"] == 2 and chain.images[1].getpixel((0, 0)) != (255, 0, 0)
+
+
+def _name() -> str:
+    from vchain.chain import chain_name
+
+    return chain_name(PROMPT)
