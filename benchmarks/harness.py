@@ -55,8 +55,8 @@ class Preset:
 
 
 PRESETS = {
-    "cpu-tiny": Preset(None, None, 32, 32, 5, 3, 20, keyframes=3, text_tokens=32, dtype="float32",
-                       note="tiny random Wan (CI: the script cannot rot)"),
+    "cpu-tiny": Preset(None, None, 32, 32, 5, 3, 20, keyframes=3, text_tokens=32,
+                       note="tiny random Wan in bfloat16 as from_pretrained loads it (CI: the script cannot rot)"),
     "cpu-small": Preset(NARROW_1_3B, NARROW_UMT5, 64, 64, 5, 8, 60, keyframes=5, text_tokens=64, dtype="float32",
                         note="Wan2.1-1.3B's 30 blocks and 12 heads at width 192, small UMT5 and VAE; CPU"),
     "wan2.1-1.3b": Preset(WAN21_1_3B, UMT5_XXL, 480, 832, 81, 50, 300, note="Wan2.1-T2V-1.3B shapes"),
@@ -108,9 +108,12 @@ def build_pipeline(preset: Preset, device: str):
 
     from vchain.testing import tiny_tokenizer, tiny_wan_pipeline
 
-    if preset.transformer is None:
-        return tiny_wan_pipeline().to(device)
     dtype = getattr(torch, preset.dtype)
+    if preset.transformer is None:
+        pipeline = tiny_wan_pipeline()
+        as_loaded(pipeline.transformer, dtype)
+        pipeline.text_encoder.to(dtype)
+        return pipeline.to(device)
     torch.manual_seed(0)
     with torch.device(device):
         transformer = as_loaded(WanTransformer3DModel(**preset.transformer), dtype).eval()

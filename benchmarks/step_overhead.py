@@ -162,9 +162,10 @@ def _reference_loop(generator, latents, context, *, steps: int, log_every: int, 
     from peft import LoraConfig, inject_adapter_in_model
 
     from vchain.backends.wan import WAN_LORA_TARGETS
+    from vchain.tuning import input_dtype
 
     transformer = generator.pipeline.transformer
-    dtype = next(transformer.parameters()).dtype
+    dtype = input_dtype(transformer)  # the compute dtype, as the tuner reads it
     shift = generator.training_objective().shift
     rng = torch.Generator().manual_seed(0)
     u = torch.sigmoid(torch.randn(steps, generator=rng))

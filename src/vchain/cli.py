@@ -269,6 +269,11 @@ class _Generation:
         else:
             self.family = family_of_generator(recorded.get("class"))
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        if recorded.get("class") not in (None, self.family.generator):
+            # Another family's settings mean other things (or nothing) to this one: it starts from its own
+            # defaults and keeps only the run's frame size.
+            frame = {k: v for k, v in recorded.get("sampling", {}).items() if k in ("height", "width")}
+            recorded = {k: v for k, v in recorded.items() if k in ("seed",)} | {"sampling": frame}
         self.dtype = args.dtype or recorded.get("dtype") or "bfloat16"
         self.device = _device(args.device)
         self.seed = check_seed(args.seed if args.seed is not None else recorded.get("seed", 0))

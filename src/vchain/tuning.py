@@ -371,6 +371,7 @@ class LoRATuner(Tuner):
             raise ConfigurationError(f"config must be a LoRAConfig, got {type(config).__name__}")
         self.config = config or self.config_class(**fields)
         self._progress: dict[str, Any] = {}
+        self._probed: set[tuple] = set()
 
     config_class: type[LoRAConfig] = LoRAConfig
 
@@ -385,8 +386,38 @@ class LoRATuner(Tuner):
         return LoRAAdapter.load(directory, merge=self.config.merge_for_sampling)
 
     def check(self, generator: VideoGenerator) -> None:
-        """The generator is tunable, the targets match its linears, the training size is one it takes."""
-        self._targets(_tunable(generator, "tune"))
+        """The generator is tunable, the targets match its linears, the training size is one it takes, and
+        one training step runs on it as loaded (dtypes, device, memory).
+
+        The step is a probe: a grey keyframe at the training size, one caption, the configured LoRA and
+        checkpointing, no compilation; the model is left exactly as it was. It costs about one tuning step
+        and is taken once per generator and settings, so a pipeline finds a pair that cannot tune before
+        it pays for reasoning.
+        """
+        generator = _tunable(generator, "tune")
+        targets = self._targets(generator)
+        height, width = self.config.height or generator.height, self.config.width or generator.width
+        denoisers = generator.denoisers()
+        signature = (
+            id(generator), height, width, self.config,
+            tuple((input_dtype(d), str(next(d.parameters()).device)) for d in denoisers),
+        )  # fmt: skip
+        if signature in self._probed:
+            return
+        probe = self.config.replace(steps=1, log_every=1, batch_size=1, compile=False)
+        try:
+            latents = generator.encode_keyframes(
+                [Image.new("RGB", (width, height), (128, 128, 128))], height=height, width=width
+            ).float()
+            context = generator.encode_captions(["a still frame"])
+            self._train(probe, generator, denoisers, targets, latents, context, TuningReport(), progress=False)
+        except (StageError, RuntimeError) as e:
+            raise ConfigurationError(
+                f"{type(self).__name__} cannot run a training step on {type(generator).__name__} as loaded "
+                f"(compute dtype(s) {[str(d).removeprefix('torch.') for d, _ in signature[-1]]}, "
+                f"{height}x{width}): {e}"
+            ) from e
+        self._probed.add(signature)
 
     def _targets(self, generator: TunableGenerator) -> tuple[str, ...]:
         config = self.config
@@ -415,7 +446,7 @@ class LoRATuner(Tuner):
         report.seconds["preprocess"] = round(time.perf_counter() - start, 3)
 
         start = time.perf_counter()
-        state_dicts = self._train(generator, denoisers, targets, latents, context, report)
+        state_dicts = self._train(config, generator, denoisers, targets, latents, context, report)
         report.seconds["fine_tune"] = round(time.perf_counter() - start, 3)
         try:
             return LoRAAdapter(
@@ -426,14 +457,15 @@ class LoRATuner(Tuner):
             raise StageError(f"{e} after step {config.steps}; lower learning_rate (now {config.learning_rate})",
                              stage="tuning", step="fine_tune") from e  # fmt: skip
 
-    def _train(self, generator, denoisers, targets, latents, context, report) -> list[dict]:
+    def _train(
+        self, config: LoRAConfig, generator, denoisers, targets, latents, context, report, *, progress: bool = True
+    ) -> list[dict]:
         from peft import inject_adapter_in_model
         from peft.utils import get_peft_model_state_dict
         from tqdm.auto import tqdm
 
-        config = self.config
         device = latents.device
-        dtypes = [next(d.parameters()).dtype for d in denoisers]  # read once: walking modules is slow
+        dtypes = [input_dtype(d) for d in denoisers]  # read once: walking modules is slow
         saved = [_module_state(d) for d in denoisers]
         objective = generator.training_objective()
         schedule = _Schedule(config, len(latents), objective, generator.denoiser_for, device)
@@ -465,8 +497,8 @@ class LoRATuner(Tuner):
             noise_rng = torch.Generator(device=device).manual_seed(config.seed)
             running = torch.zeros((), device=device)
             first_bad = torch.full((), -1, device=device, dtype=torch.long)
-            progress = tqdm(range(1, config.steps + 1), **{"desc": "tuning", "unit": "step", "leave": False,
-                                                           **self._progress})  # fmt: skip
+            bar = {"desc": "tuning", "unit": "step", "leave": False, **self._progress}
+            progress = tqdm(range(1, config.steps + 1), **(bar if progress else {**bar, "disable": True}))
             scale = 1.0 / (latents[0].numel() * schedule.batch_size)  # the mean over the batch's elements
             started = time.perf_counter()
             for step in progress:
@@ -496,7 +528,7 @@ class LoRATuner(Tuner):
                     count = (step - 1) % config.log_every + 1
                     mean = (running / count).item()  # the one wait for the device, every log_every steps
                     running.zero_()
-                    self._check_finite(int(first_bad.item()), mean, step)
+                    self._check_finite(config, int(first_bad.item()), mean, step)
                     report.losses.append((step, mean))
                     report.timeline.append((step, time.perf_counter() - started))
                     progress.set_postfix(loss=f"{mean:.4f}")
@@ -523,14 +555,14 @@ class LoRATuner(Tuner):
                 _remove_adapter(denoiser)
                 _restore_module_state(denoiser, state)
 
-    def _check_finite(self, first_bad: int, mean: float, step: int) -> None:
+    @staticmethod
+    def _check_finite(config: LoRAConfig, first_bad: int, mean: float, step: int) -> None:
         if first_bad >= 0 or not math.isfinite(mean):
             at = first_bad if first_bad >= 0 else step
             value = mean if not math.isfinite(mean) else "non-finite"
             raise NumericalError(
-                f"the loss became {value} at step {at} "
-                f"(read every {self.config.log_every}); lower learning_rate (now "
-                f"{self.config.learning_rate}) or check the keyframes"
+                f"the loss became {value} at step {at} (read every {config.log_every}); lower learning_rate "
+                f"(now {config.learning_rate}) or check the keyframes"
             )
 
 
@@ -620,6 +652,26 @@ def repeated_blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
             f"{type(module).__name__} has no list of repeated blocks to compile; leave compile off"
         )
     return list(max(lists, key=len))
+
+
+def input_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the tensors that enter `module`: the compute dtype of its layers, not of its first parameter.
+
+    `from_pretrained(torch_dtype=torch.bfloat16)` keeps the modules a class lists in `_keep_in_fp32_modules`
+    (Wan: norms, the time embedder, `scale_shift_table`) in float32, and such a table can be the first
+    parameter. diffusers' own rule (`ModelMixin.dtype`, which its pipelines cast latents and prompt
+    embeddings to) skips those modules and honours layerwise casting; any other module gets the same rule
+    here.
+    """
+    dtype = getattr(module, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    kept = getattr(module, "_keep_in_fp32_modules", None) or ()
+    floating = [(n, p.dtype) for n, p in module.named_parameters() if p.is_floating_point()]
+    for name, param_dtype in floating:
+        if not any(k in name.split(".") for k in kept):
+            return param_dtype
+    return floating[0][1] if floating else torch.float32
 
 
 def _take(context, rows: slice | torch.Tensor, dtype: torch.dtype):

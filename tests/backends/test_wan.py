@@ -11,7 +11,7 @@ from vchain.backends.wan import (
     WanSamplingConfig,
     WanVideoGenerator,
 )
-from vchain.errors import ConfigurationError, NumericalError
+from vchain.errors import ConfigurationError
 from vchain.testing import draw_image, tiny_wan_pipeline
 from vchain.video import write_video
 
@@ -49,14 +49,6 @@ def test_sampling_is_deterministic_for_a_seed(generator):
     assert not torch.equal(latent(generator, "a red egg", 3), latent(generator, "a red egg", 4))
 
 
-def test_a_non_finite_video_is_refused(generator, monkeypatch):
-    vae = generator.pipeline.vae
-    real = vae.decode
-    monkeypatch.setattr(vae, "decode", lambda *a, **k: tuple(x * float("nan") for x in real(*a, **k)))
-    with pytest.raises(NumericalError, match="not finite"):
-        generator.sample("a red egg", seed=0)
-
-
 def test_two_prompts_tuned_in_turn_do_not_leak():
     shared = make_generator()
     first = WanLoRATuner(steps=30, learning_rate=1e-3).tune(shared, make_pairs(tag="first"))
@@ -80,24 +72,6 @@ def test_an_adapter_is_removed_even_when_sampling_fails(generator):
     with pytest.raises(ConfigurationError), adapter.apply(generator):
         generator.sample("x", num_frames=2)
     assert torch.equal(latent(generator, "a red egg"), base)
-
-
-def test_saved_lora_loads_in_stock_diffusers_to_the_same_sample(generator, tmp_path):
-    adapter = WanLoRATuner(steps=30, learning_rate=1e-3, alpha=8).tune(generator, make_pairs())
-    with adapter.apply(generator):
-        in_memory = latent(generator, CAPTIONS[1])
-    adapter.save(tmp_path)
-    assert (tmp_path / "pytorch_lora_weights.safetensors").is_file()
-
-    stock = tiny_wan_pipeline()
-    stock.load_lora_weights(tmp_path)
-    from_file = stock(CAPTIONS[1], generator=torch.Generator().manual_seed(0), output_type="latent", **SIZE).frames
-    assert (from_file - in_memory).abs().max().item() < 1e-4
-
-    reloaded = WanLoRATuner().load_adapter(tmp_path)
-    assert (reloaded.rank, reloaded.alpha) == (16, 8)  # alpha survives the round trip
-    with reloaded.apply(generator):
-        assert (latent(generator, CAPTIONS[1]) - in_memory).abs().max().item() < 1e-5
 
 
 def test_the_real_wan21_config_gets_lora_on_all_300_block_linears():
