@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.errors import ConfigurationError, StageError, VChainError
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
     from vchain.interfaces import ImageBackend, Judge, Reasoner, Tuner, VideoGenerator
     from vchain.pipeline import VChainOutput, VChainPipeline
     from vchain.reasoning import ReasoningConfig
     from vchain.tuning import LoRAConfig
 
-# The pipeline imports torch-heavy code lazily; `import vchain` stays light.
+# Everything but the errors is imported when first used: `import vchain` (and so `vchain --help`) stays light.
 _LAZY = {
+    **dict.fromkeys(("ThoughtChain", "ScenePlan", "NextKeyframe", "KeyframeVerdict"), "vchain.chain"),
     "VChainPipeline": "vchain.pipeline",
     "VChainOutput": "vchain.pipeline",
     "ReasoningConfig": "vchain.reasoning",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 import types
@@ -20,6 +21,7 @@ from vchain._redact import protect_logs, redact, scrub_exception
 from vchain.errors import ConfigurationError, VChainError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+COMMANDS = ("think", "generate", "tune", "sample", "suite", "demo", "judge", "report")
 # Commands whose -o is one run folder (the suite's is a tree of them, each locked on its own).
 RUN_FOLDER_COMMANDS = ("think", "generate", "tune", "sample", "demo")
 
@@ -215,23 +217,25 @@ class _Reasoning:
         if self.reasoner is None:
             from vchain.backends.transformers import TransformersReasoner
 
-            self.reasoner = TransformersReasoner.from_pretrained(self.reasoner_model, dtype=dtype, device=self.device)
+            self.reasoner = TransformersReasoner.from_pretrained(
+                self.reasoner_model, dtype=dtype, device=_usable_device(self.device)
+            )
         if self.image_backend is None:
             from vchain.backends.diffusers import DiffusersImageBackend
 
             self.image_backend = DiffusersImageBackend.from_pretrained(
-                self.image_model, dtype=dtype, device=self.device
+                self.image_model, dtype=dtype, device=_usable_device(self.device)
             )
         return self.reasoner, self.image_backend
 
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
-    from vchain.backends._diffusers import Acceleration
-    from vchain.tuning import LoRAConfig
+    from vchain.backends._configs import Acceleration
+    from vchain.lora_config import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
-    sampling = tuple(f.generator_class().sampling_class for f in GENERATOR_FAMILIES.values())
+    sampling = tuple(f.sampling_class() for f in GENERATOR_FAMILIES.values())
     group = parser.add_argument_group("video generator (Diffusers-format checkpoints)")
     group.add_argument(
         "--model", default=None,
@@ -249,7 +253,15 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
-def _device(name: str | None) -> str:
+def _device(name: str | None) -> str | None:
+    """`--device` checked for its form only (no torch import); `_usable_device` checks it is here."""
+    if name is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigurationError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
+    return name
+
+
+def _usable_device(name: str | None) -> str:
+    """The device, checked to exist here (cuda by default when there is one): the first step of loading."""
     from vchain.config import check_device
 
     return check_device(name, "--device")
@@ -268,7 +280,7 @@ class _Generation:
             self.family = generator_family(self.model)
         else:
             self.family = family_of_generator(recorded.get("class"))
-        generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        sampling_class, tuning_class = self.family.sampling_class(), self.family.tuning_class()
         if recorded.get("class") not in (None, self.family.generator):
             # Another family's settings mean other things (or nothing) to this one: it starts from its own
             # defaults and keeps only the run's frame size.
@@ -279,15 +291,13 @@ class _Generation:
         self.seed = check_seed(args.seed if args.seed is not None else recorded.get("seed", 0))
         given = _given(args, SAMPLING_FLAGS)
         foreign = [
-            flag
-            for flag, name, _ in SAMPLING_FLAGS
-            if name in given and name not in generator_class.sampling_class.model_fields
+            flag for flag, name, _ in SAMPLING_FLAGS if name in given and name not in sampling_class.model_fields
         ]
         if foreign:
             raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
-        self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
-        self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
-        from vchain.backends._diffusers import Acceleration
+        self.sampling = sampling_class(**{**recorded.get("sampling", {}), **given}).check()
+        self.tuning = tuning_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
+        from vchain.backends._configs import Acceleration
 
         switches = _given(args, ACCELERATION_FLAGS)
         if switches.get("attention_backend") and not self.family.dispatches_attention:
@@ -299,8 +309,9 @@ class _Generation:
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        device = _usable_device(self.device)
         generator = generator_class.from_pretrained(
-            self.model, dtype=self.dtype, device=self.device, offload_text_encoder=self.offload_text_encoder,
+            self.model, dtype=self.dtype, device=device, offload_text_encoder=self.offload_text_encoder,
             **self.sampling.model_dump(), **self.acceleration.model_dump(),
         )  # fmt: skip
         return generator, tuner_class(self.tuning)
@@ -427,16 +438,18 @@ def cmd_sample(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from vchain.pipeline import check_seed
     from vchain.run import check_output_dir
-    from vchain.testing import DEMO_PROMPT, demo_pipeline
 
     check_output_dir(args.output, create=False)
+    seed = check_seed(0 if args.seed is None else args.seed)
+    from vchain.testing import DEMO_PROMPT, demo_pipeline
+
     kind = "open-weight " if args.open_weights else ""
     print(
         f"vchain demo: every stage on tiny RANDOM {kind}models, offline. The video is noise from untrained "
         "weights; it shows the machinery and the run folder, not the method's quality."
     )
-    seed = 0 if args.seed is None else args.seed
     _check_folder(args.output, DEMO_PROMPT, "vchain")
     if args.open_weights:
         from vchain.testing.demo import open_weights_demo_pipeline
@@ -465,9 +478,10 @@ def cmd_suite(args) -> int:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
         _refuse_unused(args, (*(name for _, name, _ in fixed), *models), "to --demo, which runs fixed tiny models")
-        from vchain.testing import demo_pipeline
+        from vchain.pipeline import check_seed
 
-        seed = 0 if args.seed is None else args.seed
+        seed = check_seed(0 if args.seed is None else args.seed)
+        from vchain.testing import demo_pipeline
 
         def make_pipeline():
             return demo_pipeline(seed, steps=10)
@@ -509,7 +523,8 @@ def cmd_judge(args) -> int:
     else:
         from vchain.backends.transformers import TransformersJudge
 
-        judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=_device(args.device))
+        device = _usable_device(_device(args.device))
+        judge = TransformersJudge.from_pretrained(model, grid=args.grid, dtype=args.dtype, device=device)
     result = judge_runs(args.runs_dir, judge, config)
     print(result.summary_md.read_text(encoding="utf-8").rstrip())
     print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json")
@@ -527,9 +542,12 @@ def cmd_report(args) -> int:
 # ------------------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vchain.suite import PAPER_CASES
-    from vchain.variants import VARIANTS
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `vchain` parser; with `only`, the flags of that command alone (`""`: of none), so that reading the
+    arguments of one command imports only the settings classes it needs."""
+
+    def full(name: str) -> bool:
+        return only is None or only == name
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand that is not given -v keeps `vchain -v COMMAND`'s.
@@ -559,51 +577,59 @@ def build_parser() -> argparse.ArgumentParser:
         "think", parents=[output, overwrite], help="stage 1: reason a prompt into keyframes",
         description="Reason PROMPT into a chain of visual thoughts: chain.json, metadata.csv and keyframe PNGs.",
     )  # fmt: skip
-    think.add_argument("prompt", help="what the video should show")
-    _add_reasoning(think, frame=True)
     think.set_defaults(run=cmd_think)
+    if full("think"):
+        think.add_argument("prompt", help="what the video should show")
+        _add_reasoning(think, frame=True)
 
-    variants_help = "; ".join(f"{name}: {v.description}" for name, v in VARIANTS.items())
     generate = commands.add_parser(
         "generate", parents=[output, overwrite], help="the whole pipeline: reason, tune, sample (GPU)",
         description="Run one of the paper's variants on PROMPT into the output folder. Re-running resumes: "
         "finished stages whose settings are unchanged are not redone.",
     )  # fmt: skip
-    generate.add_argument("prompt", help="what the video should show")
-    generate.add_argument("--variant", choices=list(VARIANTS), default="vchain", help=variants_help)
-    _add_reasoning(generate)
-    _add_generator(generate)
     generate.set_defaults(run=cmd_generate)
+    if full("generate"):
+        generate.add_argument("prompt", help="what the video should show")
+        generate.add_argument("--variant", choices=list(_variants()), default="vchain", help=_variants_help())
+        _add_reasoning(generate)
+        _add_generator(generate)
 
     tune = commands.add_parser(
         "tune", parents=[output], help="stage 2: tune the generator on a folder's keyframes, save lora/",
         description="LoRA-tune the generator on the chain in the output folder (from `vchain think`). "
         "Settings not given are those the folder recorded; changed ones redo tuning.",
     )  # fmt: skip
-    _add_generator(tune)
     tune.set_defaults(run=cmd_tune)
+    if full("tune"):
+        _add_generator(tune)
 
     sample = commands.add_parser(
         "sample", parents=[output], help="stage 3: sample a folder's video (tunes first if needed)",
         description="Sample video.mp4 from the folder's composite prompt with its lora/. Settings not given "
         "are those the folder recorded; a changed seed or size samples again.",
     )  # fmt: skip
-    _add_generator(sample)
     sample.set_defaults(run=cmd_sample)
+    if full("sample"):
+        _add_generator(sample)
 
     suite = commands.add_parser(
         "suite", parents=[output], help="the paper's 20 cases x variants; shards under `accelerate launch`",
         description="Run cases x variants into one tree and write summary.csv/.md. Under `accelerate launch "
         "--num_processes N` each process takes its share.",
     )  # fmt: skip
-    suite.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["vchain"], help=variants_help)
-    suite.add_argument(
-        "--cases", default=None, help=f"comma-separated case numbers 0-{len(PAPER_CASES) - 1} (default: all)"
-    )
-    suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
-    _add_reasoning(suite)
-    _add_generator(suite)
     suite.set_defaults(run=cmd_suite)
+    if full("suite"):
+        from vchain.suite import PAPER_CASES
+
+        suite.add_argument(
+            "--variants", nargs="+", choices=list(_variants()), default=["vchain"], help=_variants_help()
+        )
+        suite.add_argument(
+            "--cases", default=None, help=f"comma-separated case numbers 0-{len(PAPER_CASES) - 1} (default: all)"
+        )
+        suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
+        _add_reasoning(suite)
+        _add_generator(suite)
 
     demo = commands.add_parser(
         "demo", parents=[output, overwrite], help="every stage offline on tiny random models, in seconds",
@@ -642,6 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _variants() -> dict:
+    from vchain.variants import VARIANTS
+
+    return VARIANTS
+
+
+def _variants_help() -> str:
+    return "; ".join(f"{name}: {v.description}" for name, v in _variants().items())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     protect_logs()
@@ -649,9 +685,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = _run_folder(argv)
         if folder is None:
             return _main(argv)
-        from vchain.run import hold
+        from vchain._lock import hold
 
-        # Locked before the parser is built (it imports torch): a second process fails within a second.
+        # Locked before anything slow: a second process fails within a second.
         with hold(folder):
             return _main(argv)
     except ConfigurationError as e:
@@ -689,7 +725,8 @@ def _is_float(text: str) -> bool:
 
 
 def _main(argv: list[str]) -> int:
-    parser = build_parser()
+    command = next((a for a in argv if a in COMMANDS), "")
+    parser = build_parser(only=command)
     args = parser.parse_args(_optional_values(argv))
     # vchain says what it does; the libraries below it only speak up for warnings (or with -v).
     logging.basicConfig(
