@@ -55,9 +55,14 @@ def test_the_keyframe_bar_ends_at_the_keyframes_drawn_not_at_the_cap(tmp_path):
     assert "/8" not in bar.getvalue().split("\r")[-1]
 
 
-def test_the_tiny_wan_names_its_size_limit_instead_of_failing_inside_the_transformer():
+def test_the_tiny_wan_takes_wans_default_size_and_names_its_limit_beyond():
     from vchain.backends.wan import WanVideoGenerator
     from vchain.testing import tiny_wan_pipeline
 
-    with pytest.raises(ConfigurationError, match=r"at most 512x512 .* got 480x832"):
-        WanVideoGenerator(tiny_wan_pipeline(), height=480, width=832)
+    wan = WanVideoGenerator(tiny_wan_pipeline(), num_frames=1, num_inference_steps=1)
+    assert (wan.height, wan.width) == (480, 832) and wan.sample("An egg.", output_type="latent").shape[-2:] == (
+        60,
+        104,
+    )
+    with pytest.raises(ConfigurationError, match=r"at most 1024x1024 .* got 1040x832"):
+        wan.sample("An egg.", height=1040)

@@ -83,6 +83,15 @@ def read_regular(path: str | os.PathLike, *, limit: int = MAX_RECORD_BYTES) -> b
     return data
 
 
+def check_path(value: object, argument: str) -> Path:
+    """`value` as a `Path`; a `ConfigurationError` naming `argument` unless it is a non-empty path."""
+    from vchain.errors import ConfigurationError
+
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip() or "\0" in str(value):
+        raise ConfigurationError(f"{argument} must be a path, got {value!r}")
+    return Path(value).expanduser()
+
+
 def safe_relative(name: object) -> str | None:
     """Why `name` cannot be an artifact path inside a run folder, or None when it can.
 

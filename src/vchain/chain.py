@@ -226,7 +226,7 @@ class ThoughtChain:
         Every write is atomic, and `chain.json` comes last: a caption is on disk only once its image is,
         so a crash never leaves a caption paired with an older image.
         """
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         directory.mkdir(parents=True, exist_ok=True)
         for image, file_name in zip(self.images, self.file_names, strict=False):
             _io.atomic_write(directory / file_name, lambda f, im=image: f.write(png_bytes(im)))
@@ -255,7 +255,7 @@ class ThoughtChain:
         Raises `VChainError` naming the file and what is wrong: a missing or malformed `chain.json`, a
         missing or unreadable image.
         """
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         path = directory / CHAIN_FILE
         if path.exists() and not path.is_file():
             raise VChainError(f"{str(path)!r} is a folder, not the chain's file; move it aside")

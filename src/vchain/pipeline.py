@@ -192,6 +192,11 @@ class VChainPipeline:
         if adapter is not None and not isinstance(adapter, Adapter):
             hint = "; load it with tuner.load_adapter(path)" if isinstance(adapter, (str, Path)) else ""
             raise ConfigurationError(f"adapter must be an Adapter, got {type(adapter).__name__}{hint}")
+        if overrides.get("output_type", "pil") != "pil":
+            raise ConfigurationError(
+                f"pipe.sample returns PIL frames, so output_type must be 'pil', got {overrides['output_type']!r}; "
+                "call pipe.generator.sample(prompt, output_type=...) for latents or arrays"
+            )
         return render(self.generator, text, adapter, seed=check_seed(seed), **overrides).frames
 
     def composite_prompt(self, chain: ThoughtChain) -> str:

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
+from vchain import _io
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
 from vchain.images import UnreadableImageError, read_image
 from vchain.interfaces import Adapter, TunableGenerator, Tuner, VideoGenerator
@@ -161,7 +162,7 @@ class LoRAAdapter(Adapter):
         reads), alpha included. A second denoiser's LoRA (Wan2.2) goes to `transformer_2/` beside it."""
         from diffusers.loaders.lora_base import LoraBaseMixin
 
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         metadata = {f"{_PREFIX}{k}": v for k, v in self.metadata().items()}
         for i, state_dict in enumerate(self.state_dicts):
             target = directory if i == 0 else directory / "transformer_2"
@@ -179,7 +180,7 @@ class LoRAAdapter(Adapter):
     @classmethod
     def load(cls, directory: str | Path, *, merge: bool = True) -> LoRAAdapter:
         """Read what `save` (or a diffusers LoRA training script) wrote into `directory`."""
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         files = [directory / LORA_WEIGHT_NAME]
         if (directory / "transformer_2" / LORA_WEIGHT_NAME).is_file():
             files.append(directory / "transformer_2" / LORA_WEIGHT_NAME)

@@ -115,3 +115,39 @@ def test_a_judge_answering_off_the_scale_is_a_stage_error_naming_the_score(tmp_p
         judge_runs(tmp_path / "runs", OpenAIJudge(base_url=server.base_url))
     assert_names(str(error.value), "frame_quality", "1 to 5", "9")
     assert "pydantic" not in str(error.value) and "errors.pydantic.dev" not in str(error.value)
+
+
+# ------------------------------------------------------------------------- argument types of public functions
+
+PATHS = [pytest.param(None, id="None"), pytest.param(3, id="an-int"), pytest.param("", id="empty")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_path_argument_that_is_no_path_is_named(path, finished_run):
+    from vchain import ThoughtChain
+    from vchain.tuning import LoRAAdapter, LoRATuner
+
+    chain = ThoughtChain.load(finished_run)
+    adapter = LoRAAdapter.load(finished_run / "lora")
+    for call in (
+        lambda: ThoughtChain.load(path),
+        lambda: chain.save(path),
+        lambda: LoRAAdapter.load(path),
+        lambda: adapter.save(path),
+        lambda: LoRATuner().load_adapter(path),
+    ):
+        with pytest.raises(ConfigurationError) as error:
+            call()
+        assert_names(str(error.value), "directory must be a path", repr(path))
+
+
+@pytest.mark.parametrize("output_type", ["latent", "np", None])
+def test_pipe_sample_refuses_an_output_type_that_is_not_frames(output_type):
+    from vchain import ThoughtChain
+
+    pipe = toy_pipeline()
+    chain = ThoughtChain(PROMPT, "t", "c", "f", "p")
+    with pytest.raises(ConfigurationError) as error:
+        pipe.sample(chain, output_type=output_type)
+    assert_names(str(error.value), "output_type", repr(output_type), "pipe.generator.sample")
+    assert pipe.generator.samples == 0
