@@ -4,6 +4,7 @@ it stays recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import threading
@@ -118,7 +119,8 @@ def test_a_compressed_answer_is_read_and_a_decompression_bomb_is_refused_without
     def answer(handler, server):
         data = good if server.requests == 1 else bomb
         _headers(handler, len(data), "gzip")
-        handler.wfile.write(data)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client stops reading a bomb
+            handler.wfile.write(data)
 
     server = serve(answer)
     reasoner = OpenAIReasoner(base_url=server.base_url, max_retries=2)
@@ -134,7 +136,8 @@ def test_an_unknown_content_encoding_is_a_clear_error(serve):
 
     def answer(handler, server):
         _headers(handler, 4, "br")
-        handler.wfile.write(b"\x00\x00\x00\x00")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            handler.wfile.write(b"\x00\x00\x00\x00")
 
     server = serve(answer)
     with pytest.raises(BackendError, match="content-encoding 'br'"):
@@ -149,3 +152,17 @@ def test_an_overlong_caption_is_malformed_and_the_keyframes_before_it_are_kept(f
     assert_names(str(error.value), "caption", str(MAX_TEXT_LENGTH + 1), "MAX_TEXT_LENGTH")
     manifest = read_manifest(tmp_path / "run")
     assert (tmp_path / "run" / "chain.json").is_file() and manifest["usage"]["requests"] == 5
+
+
+def test_a_video_larger_than_the_decoded_cap_is_refused_while_it_decodes(finished_run, monkeypatch):
+    import imageio.v3 as iio
+
+    from vchain import video
+    from vchain.errors import VChainError
+
+    frames = iio.imread(finished_run / "video.mp4")
+    assert len(video.read_video(finished_run / "video.mp4")) == len(frames)
+    monkeypatch.setattr(video, "MAX_VIDEO_BYTES", frames[0].nbytes - 1)
+    with pytest.raises(VChainError) as error:
+        video.read_video(finished_run / "video.mp4")
+    assert_names(str(error.value), "video.mp4", "after 0 frames", "MAX_VIDEO_BYTES")
