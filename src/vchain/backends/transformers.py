@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import time
@@ -280,6 +281,9 @@ class TransformersReasoner(Reasoner):
         return {
             "class": type(self).__name__,
             "model": self.model_id,
+            # Which folder the weights came from: two checkpoints that share a folder name are two models and
+            # must not share a run's chain or a judge's scores. A digest, so no record holds a local path.
+            "checkpoint": _checkpoint_identity(getattr(self.model, "name_or_path", "") or self.model_id),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
@@ -483,6 +487,14 @@ def _stop_tokens(model, tokenizer) -> list[int]:
     configured = [configured] if isinstance(configured, int) else list(configured or [])
     stops = [*configured, tokenizer.eos_token_id]
     return list(dict.fromkeys(token for token in stops if token is not None))
+
+
+def _checkpoint_identity(source: object) -> str:
+    """A hub id as is; a local folder as `folder:` and a digest of its resolved path."""
+    path = Path(str(source)).expanduser()
+    if not path.is_dir():
+        return str(source)
+    return "folder:" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
 def _model_name(model_id: object) -> str:
