@@ -341,3 +341,25 @@ def test_judge_and_report_on_a_demo_suite(server, tmp_path, capsys):
 def test_judge_refuses_a_folder_without_finished_runs(tmp_path, capsys):
     assert main(["judge", str(tmp_path / "missing")]) == 2
     assert main(["judge", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["generate", "p", "-o", "{tmp}/g", "--guidance", "nan"],
+        ["think", "p", "-o", "{tmp}/t", "--max-redos", "2"],
+        ["demo", "-o", "{tmp}/d", "--seed", "-1"],
+        ["sample", "-o", "{tmp}/s", "--variant", "x"],
+    ],
+    ids=["help", "a-bad-value", "a-flag-that-does-not-apply", "a-bad-seed", "an-unknown-flag"],
+)
+def test_arguments_are_checked_before_torch_diffusers_or_transformers_is_imported(args, tmp_path):
+    script = (
+        "import sys\nfrom vchain.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    code = e.code\nheavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'CODE', code)"
+    )
+    argv = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    assert f"HEAVY [] CODE {0 if args == ['--help'] else 2}" in result.stdout, (result.stdout, result.stderr[-1000:])
