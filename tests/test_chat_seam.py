@@ -72,8 +72,10 @@ def test_a_chat_model_is_a_whole_reasoner_and_judge():
     judge = ChatJudge(chat, grid=True)
     assert judge.score(PROMPT, [draw_image("a", 32, 32), draw_image("b", 32, 32)]).physics == 4
     assert len([p for p in chat.asked[-1][1][1]["content"] if p["type"] == "image"]) == 1  # the grid
-    assert reasoner.describe() == {"class": "ChatReasoner", "chat": "ScriptedChat"}
-    assert judge.describe() == {"class": "ChatJudge", "chat": "ScriptedChat", "grid": True}
+    code = reasoner.describe().pop("code")  # a custom chat model is known by its class and its source's hash
+    assert code.startswith("tests.test_chat_seam.ScriptedChat@")
+    assert reasoner.describe() == {"class": "ChatReasoner", "chat": "ScriptedChat", "code": code}
+    assert judge.describe() == {"class": "ChatJudge", "chat": "ScriptedChat", "code": code, "grid": True}
 
 
 def test_a_re_ask_after_a_malformed_answer_tells_the_model_what_was_wrong():
@@ -113,6 +115,7 @@ def test_the_presets_are_chat_models_with_their_records_unchanged():
     assert reasoner.describe() == {
         "class": "OpenAIReasoner",
         "model": "gpt-4o",
+        "server": "https://api.openai.com:443/v1",
         "temperature": None,
         "image_detail": "auto",
     }
@@ -259,8 +262,10 @@ def think(tmp_path, server, *flags):
     from vchain.cli import main
 
     base = ["think", PROMPT, "-o", str(tmp_path / "run"), "--width", "64", "--height", "32", "--max-keyframes", "3"]
+    # A local reasoner takes no server (vchain refuses --base-url beside it).
+    servers = [] if "transformers:x" in flags else ["--base-url", server.base_url]
     try:
-        return main([*base, "--base-url", server.base_url, "--image-base-url", server.base_url, *flags])
+        return main([*base, *servers, "--image-base-url", server.base_url, *flags])
     except SystemExit as e:  # argparse's own refusals
         return e.code
 
@@ -384,7 +389,9 @@ def test_the_architecture_pages_backend_example_runs():
     assert plan["format"]["title"] == "ScenePlan" and "format" not in rewrite
     (composite,) = perception["messages"][1]["images"]
     assert Image.open(io.BytesIO(base64.b64decode(composite))).size == (64, 32)
-    assert namespace["reasoner"].describe() == {"class": "ChatReasoner", "chat": "OllamaChat", "model": "qwen2.5vl:7b"}
+    described = namespace["reasoner"].describe()
+    assert described.pop("code").split("@")[0].endswith("OllamaChat")
+    assert described == {"class": "ChatReasoner", "chat": "OllamaChat", "model": "qwen2.5vl:7b"}
 
 
 def test_vchain_judge_takes_the_chat_flags(server, tmp_path, capsys):

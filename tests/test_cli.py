@@ -265,7 +265,10 @@ def test_think_takes_the_keyframe_size_and_the_quality_switches(server, tmp_path
     ],
 )
 def test_bad_component_choices_are_usage_errors(server, tmp_path, capsys, flag, message):
-    assert main(["think", "p", "-o", str(tmp_path / "run"), "--base-url", server.base_url, *flag]) == 2
+    # --base-url is the chat model's server: refused beside an in-process reasoner, so the images' is given there.
+    local = any(f.startswith("transformers:") for f in flag)
+    url = ["--image-base-url" if local else "--base-url", server.base_url]
+    assert main(["think", "p", "-o", str(tmp_path / "run"), *url, *flag]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -278,6 +281,10 @@ def test_the_open_weight_demo_runs_every_stage_with_no_key(tmp_path, capsys):
     assert m["stages"]["reasoning"]["inputs"]["reasoner"]["class"] == "TransformersReasoner"
     assert m["stages"]["reasoning"]["inputs"]["image_backend"]["class"] == "DiffusersImageBackend"
     assert iio.imread(tmp_path / "video.mp4").shape[0] == 17
+    # Its checkpoints keep their paths: the same command again reuses every stage.
+    record = (tmp_path / "manifest.json").read_bytes()
+    assert main(["demo", "--open-weights", "-o", str(tmp_path)]) == 0
+    assert "reused" in capsys.readouterr().out and (tmp_path / "manifest.json").read_bytes() == record
 
 
 def test_the_family_comes_from_the_checkpoint(tmp_path, capsys):
@@ -335,3 +342,25 @@ def test_judge_and_report_on_a_demo_suite(server, tmp_path, capsys):
 def test_judge_refuses_a_folder_without_finished_runs(tmp_path, capsys):
     assert main(["judge", str(tmp_path / "missing")]) == 2
     assert main(["judge", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["generate", "p", "-o", "{tmp}/g", "--guidance", "nan"],
+        ["think", "p", "-o", "{tmp}/t", "--max-redos", "2"],
+        ["demo", "-o", "{tmp}/d", "--seed", "-1"],
+        ["sample", "-o", "{tmp}/s", "--variant", "x"],
+    ],
+    ids=["help", "a-bad-value", "a-flag-that-does-not-apply", "a-bad-seed", "an-unknown-flag"],
+)
+def test_arguments_are_checked_before_torch_diffusers_or_transformers_is_imported(args, tmp_path):
+    script = (
+        "import sys\nfrom vchain.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    code = e.code\nheavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'CODE', code)"
+    )
+    argv = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    assert f"HEAVY [] CODE {0 if args == ['--help'] else 2}" in result.stdout, (result.stdout, result.stderr[-1000:])

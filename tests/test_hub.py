@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from vchain.backends.diffusers import DiffusersImageBackend
+from vchain.backends.diffusers_image import DiffusersImageBackend
 from vchain.backends.transformers import TransformersReasoner
 from vchain.backends.wan import WanVideoGenerator
 from vchain.errors import ConfigurationError

@@ -200,8 +200,8 @@ def test_every_finished_run_is_scored_and_the_usage_is_what_the_server_saw(tree,
     assert [e.usage.requests for e in entries] == [1] * len(FINISHED)
     assert sum(e.usage.input_tokens for e in entries) == sum(len(json.dumps(r.body["messages"])) // 4 for r in chats)
     assert sum(e.usage.output_tokens for e in entries) == sum(len(c) // 4 for c in looking.replies)
-    assert entries[0].judge == {"class": "OpenAIJudge", "model": "gpt-4o", "temperature": 0.0,
-                                "image_detail": "auto", "grid": False}  # fmt: skip
+    assert entries[0].judge == {"class": "OpenAIJudge", "model": "gpt-4o", "server": server.base_url.rstrip("/"),
+                                "temperature": 0.0, "image_detail": "auto", "grid": False}  # fmt: skip
     assert (tree / "summary.csv").read_bytes() == suite_summary
     assert result.summary_csv == tree / SUMMARY_CSV and result.summary_md.is_file()
 

@@ -8,17 +8,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
 from vchain.errors import ConfigurationError, StageError, VChainError
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from vchain.chain import KeyframeVerdict, NextKeyframe, ScenePlan, ThoughtChain
+    from vchain.interfaces import ImageBackend, Judge, Reasoner, Tuner, VideoGenerator
     from vchain.pipeline import VChainOutput, VChainPipeline
+    from vchain.reasoning import ReasoningConfig
     from vchain.search import SearchConfig
+    from vchain.tuning import LoRAConfig
 
-# The pipeline imports torch-heavy code lazily; `import vchain` stays light.
-_LAZY = {"VChainPipeline": "vchain.pipeline", "VChainOutput": "vchain.pipeline", "SearchConfig": "vchain.search"}
+# Everything but the errors is imported when first used: `import vchain` (and so `vchain --help`) stays light.
+_LAZY = {
+    **dict.fromkeys(("ThoughtChain", "ScenePlan", "NextKeyframe", "KeyframeVerdict"), "vchain.chain"),
+    "VChainPipeline": "vchain.pipeline",
+    "VChainOutput": "vchain.pipeline",
+    "ReasoningConfig": "vchain.reasoning",
+    "LoRAConfig": "vchain.tuning",
+    "SearchConfig": "vchain.search",
+    **dict.fromkeys(("Reasoner", "ImageBackend", "VideoGenerator", "Tuner", "Judge"), "vchain.interfaces"),
+}
 
 
 def __getattr__(name: str):
@@ -31,14 +42,21 @@ def __getattr__(name: str):
 
 __all__ = [
     "ConfigurationError",
+    "ImageBackend",
+    "Judge",
     "KeyframeVerdict",
+    "LoRAConfig",
     "NextKeyframe",
+    "Reasoner",
+    "ReasoningConfig",
     "ScenePlan",
     "SearchConfig",
     "StageError",
     "ThoughtChain",
+    "Tuner",
     "VChainError",
     "VChainOutput",
     "VChainPipeline",
+    "VideoGenerator",
     "__version__",
 ]

@@ -32,6 +32,9 @@ from vchain.images import UnreadableImageError, read_image
 CHAIN_FILE = "chain.json"
 METADATA_FILE = "metadata.csv"
 MAX_NAME_LENGTH = 40
+# The longest text a model's answer may hold in one field: pages more than any plan or caption needs (the
+# paper's are a few hundred characters), while a runaway answer is refused as malformed, not kept.
+MAX_TEXT_LENGTH = 20_000
 
 
 class _Answer(BaseModel):
@@ -46,6 +49,11 @@ class _Answer(BaseModel):
     def _not_blank(cls, value, info):
         if isinstance(value, str) and not value.strip() and info.field_name != "problem":
             raise ValueError(f"{info.field_name} must not be blank")
+        if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+            raise ValueError(
+                f"{info.field_name} is {len(value)} characters long, over the limit of {MAX_TEXT_LENGTH} "
+                "(vchain.chain.MAX_TEXT_LENGTH)"
+            )
         return value.strip() if isinstance(value, str) else value
 
 
@@ -212,10 +220,10 @@ class ThoughtChain:
         Every write is atomic, and `chain.json` comes last: a caption is on disk only once its image is,
         so a crash never leaves a caption paired with an older image.
         """
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         directory.mkdir(parents=True, exist_ok=True)
         for image, file_name in zip(self.images, self.file_names, strict=False):
-            _io.atomic_write(directory / file_name, lambda f, im=image: im.save(f, format="PNG"))
+            _io.atomic_write(directory / file_name, lambda f, im=image: f.write(png_bytes(im)))
         if self.images:
             _io.write_text(directory / METADATA_FILE, self.metadata_csv())
         _io.write_json(directory / CHAIN_FILE, self.to_json())
@@ -241,7 +249,7 @@ class ThoughtChain:
         Raises `VChainError` naming the file and what is wrong: a missing or malformed `chain.json`, a
         missing or unreadable image.
         """
-        directory = Path(directory)
+        directory = _io.check_path(directory, "directory")
         path = directory / CHAIN_FILE
         if path.exists() and not path.is_file():
             raise VChainError(f"{str(path)!r} is a folder, not the chain's file; move it aside")
@@ -249,7 +257,7 @@ class ThoughtChain:
             raise VChainError(f"no {CHAIN_FILE} in {str(directory)!r}: not a saved ThoughtChain")
         redo = "restore it from a copy, or redo reasoning (overwrite=True / --overwrite)"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_io.read_regular(path).decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             raise VChainError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {redo}") from e
         if not isinstance(data, dict) or len(data) != 1:
@@ -266,12 +274,22 @@ class ThoughtChain:
         if with_images:
             images = []
             for file_name in chain.file_names:
+                problem = _io.regular_file_error(directory / file_name)
+                if problem not in (None, "does not exist"):  # a missing one is named by read_image
+                    raise VChainError(f"chain {name!r} in {str(directory)!r}: {file_name} {problem}; {redo}")
                 try:
                     images.append(read_image(directory / file_name))
                 except UnreadableImageError as e:
                     raise VChainError(f"chain {name!r} in {str(directory)!r}: {e}; {redo}") from e
             chain.images = images
         return chain
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The PNG a chain saves for `image` (one encoding, so its sha256 can be recorded before it is written)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _first_errors(error: Exception) -> str:

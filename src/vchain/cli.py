@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import traceback
 import types
@@ -17,10 +18,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from vchain._redact import redact
+from vchain._redact import protect_logs, redact, scrub_exception
 from vchain.errors import ConfigurationError, VChainError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+COMMANDS = ("think", "generate", "tune", "sample", "suite", "demo", "judge", "report")
 # Commands whose -o is one run folder (the suite's is a tree of them, each locked on its own).
 RUN_FOLDER_COMMANDS = ("think", "generate", "tune", "sample", "demo")
 
@@ -187,8 +189,20 @@ class _Choice:
 
     def build(self):
         if self.component is None:
-            self.component = self.kind.factory(*([] if self.model is None else [self.model]), **self.settings)
+            settings = dict(self.settings)
+            if self.loads_weights and "device" in self.kind.settings():  # checked to exist as loading starts
+                settings["device"] = _usable_device(settings.get("device"))
+            self.component = self.kind.factory(*([] if self.model is None else [self.model]), **settings)
         return self.component
+
+
+def _loads_weights(registry: dict, text: str | None) -> bool:
+    """Whether the kind `text` names (`KIND` or `KIND:MODEL`) loads weights in process; False for an unknown kind,
+    which `_Choice` then names."""
+    from vchain.backends import BackendKind
+
+    name = (text or next(iter(registry))).partition(":")[0]
+    return name in registry and BackendKind.of(registry[name]).checkpoint is not None
 
 
 def _chat_given(args) -> list[tuple[str, str, Any]]:
@@ -251,6 +265,21 @@ class _Reasoning:
         self.device = _device(getattr(args, "device", None))
         from vchain.backends import IMAGE_BACKENDS, REASONERS
 
+        if args.max_redos is not None and not args.verify_keyframes:
+            raise ConfigurationError("--max-redos does not apply without --verify-keyframes (redraws follow a failed "
+                                     "verification): add --verify-keyframes, or leave --max-redos out")  # fmt: skip
+        # Flags the chosen kinds would ignore are refused before any checkpoint is looked up.
+        local_reasoner = _loads_weights(REASONERS, args.reasoner)
+        local_images = _loads_weights(IMAGE_BACKENDS, args.image_backend)
+        if local_reasoner:
+            _refuse_unused(
+                args, ("reasoner_model", "base_url"), f"to --reasoner {args.reasoner}, which runs in process"
+            )
+        if local_images:
+            _refuse_unused(args, ("image_model", "image_base_url"),
+                           f"to --image-backend {args.image_backend}, run in process")  # fmt: skip
+        if args.command == "think" and not (local_reasoner or local_images):
+            _refuse_unused(args, ("device", "dtype"), "to OpenAI models, which run on their server")
         ambient = {"dtype": getattr(args, "dtype", None), "device": self.device, "base_url": args.base_url}
         # Local checkpoints are found first, then the clients made (both cheap): a bad id or a missing key
         # fails before any model loads.
@@ -271,11 +300,11 @@ class _Reasoning:
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
-    from vchain.backends.diffusers_video import Acceleration
-    from vchain.tuning import LoRAConfig
+    from vchain.backends._configs import Acceleration
+    from vchain.lora_config import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
-    sampling = tuple(f.generator_class().sampling_class for f in GENERATOR_FAMILIES.values())
+    sampling = tuple(f.sampling_class() for f in GENERATOR_FAMILIES.values())
     group = parser.add_argument_group("video generator (Diffusers-format checkpoints)")
     group.add_argument(
         "--model", default=None,
@@ -322,11 +351,12 @@ class _Search:
         ambient = {"base_url": args.judge_base_url, "dtype": getattr(args, "dtype", None)}
         if args.judge is not None and ":" in args.judge:  # a local judge: its device
             ambient["device"] = _device(getattr(args, "device", None))
+        local = _loads_weights(JUDGES, args.judge)
+        if local:
+            _refuse_unused(args, ("judge_model", "judge_base_url"), "to a local judge (--judge transformers:...)")
         self.choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
                               ambient=ambient)  # fmt: skip
-        if self.choice.loads_weights:
-            _refuse_unused(args, ("judge_model", "judge_base_url"), "to a local judge (--judge transformers:...)")
-        else:
+        if not local:
             self.choice.build()  # a served judge is cheap to make, and a missing key shows before any work
 
     def build(self):
@@ -334,26 +364,18 @@ class _Search:
         return None if self.choice is None else self.choice.build()
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigurationError(f"--device must be a torch device such as cpu or cuda:0, got {name!r}") from None
-    if device.type not in ("cpu", "cuda", "mps"):
+def _device(name: str | None) -> str | None:
+    """`--device` checked for its form only (no torch import); `_usable_device` checks it is here."""
+    if name is not None and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
         raise ConfigurationError(f"--device must be cpu, cuda[:N] or mps, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(
-            f"--device {name}: this torch has no usable CUDA device (torch.cuda.is_available() is False)"
-        )
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigurationError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigurationError(f"--device {name}: MPS is not available here")
-    return str(device)
+    return name
+
+
+def _usable_device(name: str | None) -> str:
+    """The device, checked to exist here (cuda by default when there is one): the first step of loading."""
+    from vchain.config import check_device
+
+    return check_device(name, "--device")
 
 
 class _Generation:
@@ -369,7 +391,7 @@ class _Generation:
             self.family = generator_family(self.model)
         else:
             self.family = family_of_generator(recorded.get("class"))
-        generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        sampling_class, tuning_class = self.family.sampling_class(), self.family.tuning_class()
         if recorded.get("class") not in (None, self.family.generator):
             # Another family's settings mean other things (or nothing) to this one: it starts from its own
             # defaults and keeps only the run's frame size.
@@ -380,15 +402,13 @@ class _Generation:
         self.seed = check_seed(args.seed if args.seed is not None else recorded.get("seed", 0))
         given = _given(args, SAMPLING_FLAGS)
         foreign = [
-            flag
-            for flag, name, _ in SAMPLING_FLAGS
-            if name in given and name not in generator_class.sampling_class.model_fields
+            flag for flag, name, _ in SAMPLING_FLAGS if name in given and name not in sampling_class.model_fields
         ]
         if foreign:
             raise ConfigurationError(f"{', '.join(foreign)} does not apply to {self.family.name} checkpoints")
-        self.sampling = generator_class.sampling_class(**{**recorded.get("sampling", {}), **given}).check()
-        self.tuning = tuner_class.config_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
-        from vchain.backends.diffusers_video import Acceleration
+        self.sampling = sampling_class(**{**recorded.get("sampling", {}), **given}).check()
+        self.tuning = tuning_class(**{**recorded.get("tuning", {}), **_given(args, TUNING_FLAGS)})
+        from vchain.backends._configs import Acceleration
 
         switches = _given(args, ACCELERATION_FLAGS)
         if switches.get("attention_backend") and not self.family.dispatches_attention:
@@ -400,8 +420,9 @@ class _Generation:
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
+        device = _usable_device(self.device)
         generator = generator_class.from_pretrained(
-            self.model, dtype=self.dtype, device=self.device, offload_text_encoder=self.offload_text_encoder,
+            self.model, dtype=self.dtype, device=device, offload_text_encoder=self.offload_text_encoder,
             **self.sampling.model_dump(), **self.acceleration.model_dump(),
         )  # fmt: skip
         return generator, tuner_class(self.tuning)
@@ -548,16 +569,18 @@ def cmd_export_lora(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from vchain.pipeline import check_seed
     from vchain.run import check_output_dir
-    from vchain.testing import DEMO_PROMPT, demo_pipeline
 
     check_output_dir(args.output, create=False)
+    seed = check_seed(0 if args.seed is None else args.seed)
+    from vchain.testing import DEMO_PROMPT, demo_pipeline
+
     kind = "open-weight " if args.open_weights else ""
     print(
         f"vchain demo: every stage on tiny RANDOM {kind}models, offline. The video is noise from untrained "
         "weights; it shows the machinery and the run folder, not the method's quality."
     )
-    seed = 0 if args.seed is None else args.seed
     _check_folder(args.output, DEMO_PROMPT, "vchain")
     if args.open_weights:
         from vchain.testing.demo import open_weights_demo_pipeline
@@ -568,7 +591,10 @@ def cmd_demo(args) -> int:
     out = pipe(DEMO_PROMPT, output_dir=args.output, seed=seed, overwrite=args.overwrite)
     for name, record in out.manifest.stages:
         when = "this time" if name in out.ran else "reused"
-        print(f"  {name:<10} {record.status:<8} {when:<9} {record.total_seconds:.2f} s  {record.seconds}")
+        steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in record.seconds.items())
+        print(
+            f"  {name:<10} {record.status:<8} {when:<9} {record.total_seconds:.2f} s" + (f"  ({steps})" * bool(steps))
+        )
     print(f"{len(out.chain.images)} keyframes, {len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
@@ -576,7 +602,7 @@ def cmd_demo(args) -> int:
 def cmd_suite(args) -> int:
     from vchain.cases import load_cases
     from vchain.run import check_output_dir
-    from vchain.suite import PAPER_CASES, parse_cases, parse_seeds, run_suite
+    from vchain.suite import PAPER_CASES, parse_cases, parse_seeds, run_suite, unfinished_runs
 
     check_output_dir(args.output, create=False)
     prompts = load_cases(args.prompts) if args.prompts is not None else PAPER_CASES
@@ -589,9 +615,10 @@ def cmd_suite(args) -> int:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
         _refuse_unused(args, (*(name for _, name, _ in fixed), *models), "to --demo, which runs fixed tiny models")
-        from vchain.testing import demo_pipeline
+        from vchain.pipeline import check_seed
 
-        seed = 0 if args.seed is None else args.seed
+        seed = check_seed(0 if args.seed is None else args.seed)
+        from vchain.testing import demo_pipeline
 
         def make_pipeline():
             # The tiny models' weights come from this seed; each run samples with its own (--seeds).
@@ -613,6 +640,11 @@ def cmd_suite(args) -> int:
         make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds, search=search.config
     )
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
+    unfinished = unfinished_runs(runs)
+    if unfinished:
+        print(f"vchain suite: {len(unfinished)} of {len(runs)} run(s) did not finish: {', '.join(unfinished)}; "
+              "re-run the same command to resume them", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -626,6 +658,10 @@ def cmd_judge(args) -> int:
     config = JudgingConfig(**({"frames": args.frames} if args.frames is not None else {}))
     from vchain.backends import JUDGES
 
+    if _loads_weights(JUDGES, args.judge):
+        _refuse_unused(args, ("judge_model", "base_url"), f"to --judge {args.judge}, run in process")
+    else:
+        _refuse_unused(args, ("device", "dtype"), "to an OpenAI judge, which runs on its server")
     ambient = {"grid": args.grid, "dtype": args.dtype, "device": _device(args.device), "base_url": args.base_url}
     choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
                      given=_chat_given(args), ambient=ambient)  # fmt: skip
@@ -659,10 +695,12 @@ def cmd_report(args) -> int:
 # ------------------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vchain.backends import JUDGES
-    from vchain.suite import PAPER_CASES
-    from vchain.variants import VARIANTS
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `vchain` parser; with `only`, the flags of that command alone (`""`: of none), so that reading the
+    arguments of one command imports only the settings classes it needs."""
+
+    def full(name: str) -> bool:
+        return only is None or only == name
 
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand that is not given -v keeps `vchain -v COMMAND`'s.
@@ -692,64 +730,72 @@ def build_parser() -> argparse.ArgumentParser:
         "think", parents=[output, overwrite], help="stage 1: reason a prompt into keyframes",
         description="Reason PROMPT into a chain of visual thoughts: chain.json, metadata.csv and keyframe PNGs.",
     )  # fmt: skip
-    think.add_argument("prompt", help="what the video should show")
-    _add_reasoning(think, frame=True)
     think.set_defaults(run=cmd_think)
+    if full("think"):
+        think.add_argument("prompt", help="what the video should show")
+        _add_reasoning(think, frame=True)
 
-    variants_help = "; ".join(f"{name}: {v.description}" for name, v in VARIANTS.items())
     generate = commands.add_parser(
         "generate", parents=[output, overwrite], help="the whole pipeline: reason, tune, sample (GPU)",
         description="Run one of the paper's variants on PROMPT into the output folder. Re-running resumes: "
         "finished stages whose settings are unchanged are not redone.",
     )  # fmt: skip
-    generate.add_argument("prompt", help="what the video should show")
-    generate.add_argument("--variant", choices=list(VARIANTS), default="vchain", help=variants_help)
-    _add_reasoning(generate)
-    _add_generator(generate)
-    _add_search(generate)
     generate.set_defaults(run=cmd_generate)
+    if full("generate"):
+        generate.add_argument("prompt", help="what the video should show")
+        generate.add_argument("--variant", choices=list(_variants()), default="vchain", help=_variants_help())
+        _add_reasoning(generate)
+        _add_generator(generate)
+        _add_search(generate)
 
     tune = commands.add_parser(
         "tune", parents=[output], help="stage 2: tune the generator on a folder's keyframes, save lora/",
         description="LoRA-tune the generator on the chain in the output folder (from `vchain think`). "
         "Settings not given are those the folder recorded; changed ones redo tuning.",
     )  # fmt: skip
-    _add_generator(tune)
     tune.set_defaults(run=cmd_tune)
+    if full("tune"):
+        _add_generator(tune)
 
     sample = commands.add_parser(
         "sample", parents=[output], help="stage 3: sample a folder's video (tunes first if needed)",
         description="Sample video.mp4 from the folder's composite prompt with its lora/. Settings not given "
         "are those the folder recorded; a changed seed or size samples again.",
     )  # fmt: skip
-    _add_generator(sample)
     sample.set_defaults(run=cmd_sample)
+    if full("sample"):
+        _add_generator(sample)
 
     suite = commands.add_parser(
         "suite", parents=[output], help="a prompt set's cases x variants x seeds; shards under `accelerate launch`",
         description="Run cases x variants (x seeds) of a prompt set (the paper's 20 cases by default) into one "
         "tree and write summary.csv/.md. Under `accelerate launch --num_processes N` each process takes its share.",
     )  # fmt: skip
-    suite.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["vchain"], help=variants_help)
-    suite.add_argument(
-        "--prompts", type=Path, default=None, metavar="FILE",
-        help=f"the prompt set: .txt (a prompt a line), .json/.jsonl (strings, or objects with caption, prompt or "
-        f"text: PhyGenBench's prompts.json as it is) or .csv (a caption or prompt column); other fields are kept "
-        f"as each case's meta (default: the paper's {len(PAPER_CASES)} cases)",
-    )  # fmt: skip
-    suite.add_argument(
-        "--cases", default=None, help="comma-separated case numbers, indices into the prompt set (default: all)"
-    )
-    suite.add_argument(
-        "--seeds", default=None, metavar="S,S,...",
-        help="run every case and variant once per seed, each in <case>/<variant>/seed-<s> (default: one run with "
-        "--seed)",
-    )  # fmt: skip
-    suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
-    _add_reasoning(suite)
-    _add_generator(suite)
-    _add_search(suite)
     suite.set_defaults(run=cmd_suite)
+    if full("suite"):
+        from vchain.suite import PAPER_CASES
+
+        suite.add_argument(
+            "--variants", nargs="+", choices=list(_variants()), default=["vchain"], help=_variants_help()
+        )
+        suite.add_argument(
+            "--prompts", type=Path, default=None, metavar="FILE",
+            help=f"the prompt set: .txt (a prompt a line), .json/.jsonl (strings, or objects with caption, prompt or "
+            f"text: PhyGenBench's prompts.json as it is) or .csv (a caption or prompt column); other fields are kept "
+            f"as each case's meta (default: the paper's {len(PAPER_CASES)} cases)",
+        )  # fmt: skip
+        suite.add_argument(
+            "--cases", default=None, help="comma-separated case numbers, indices into the prompt set (default: all)"
+        )
+        suite.add_argument(
+            "--seeds", default=None, metavar="S,S,...",
+            help="run every case and variant once per seed, each in <case>/<variant>/seed-<s> (default: one run "
+            "with --seed)",
+        )  # fmt: skip
+        suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
+        _add_reasoning(suite)
+        _add_generator(suite)
+        _add_search(suite)
 
     export_lora = commands.add_parser(
         "export-lora", parents=[common], help="write a run folder's tuned LoRA for ComfyUI or diffusers",
@@ -785,28 +831,31 @@ def build_parser() -> argparse.ArgumentParser:
         "into its scores.json (cached by judge and video), and write judge-summary.csv/.md and "
         "judge-paired.csv/.md (each variant against --baseline) into RUNS_DIR.",
     )  # fmt: skip
-    judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
-    judge.add_argument("--judge", default=None, help=f"{_forms(JUDGES)} (default: {next(iter(JUDGES))})")
-    judge.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
-    judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
-    _add_chat_options(judge)
-    judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
-    judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
-    judge.add_argument(
-        "--baseline", default="t2v", choices=list(VARIANTS),
-        help="the variant every other is compared with in judge-paired.csv/.md, on the same cases and seeds "
-        "(default: t2v)",
-    )  # fmt: skip
-    judge.add_argument(
-        "--by", default=None, metavar="KEY",
-        help="also compare per value of this case meta key (a column of the --prompts file, e.g. main_category)",
-    )  # fmt: skip
-    judge.add_argument(
-        "--calibrate", type=Path, default=None, metavar="LABELS.csv",
-        help="people's 1-5 scores (a run column, relative to RUNS_DIR, and a column per dimension): measure each "
-        "judge's agreement with them into judge-calibration.json/.md",
-    )  # fmt: skip
-    _add_device(judge, "the local judge's device")
+    if full("judge"):
+        from vchain.backends import JUDGES
+
+        judge.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
+        judge.add_argument("--judge", default=None, help=f"{_forms(JUDGES)} (default: {next(iter(JUDGES))})")
+        judge.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
+        judge.add_argument("--base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
+        _add_chat_options(judge)
+        judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
+        judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
+        judge.add_argument(
+            "--baseline", default="t2v", choices=list(_variants()),
+            help="the variant every other is compared with in judge-paired.csv/.md, on the same cases and seeds "
+            "(default: t2v)",
+        )  # fmt: skip
+        judge.add_argument(
+            "--by", default=None, metavar="KEY",
+            help="also compare per value of this case meta key (a column of the --prompts file, e.g. main_category)",
+        )  # fmt: skip
+        judge.add_argument(
+            "--calibrate", type=Path, default=None, metavar="LABELS.csv",
+            help="people's 1-5 scores (a run column, relative to RUNS_DIR, and a column per dimension): measure each "
+            "judge's agreement with them into judge-calibration.json/.md",
+        )  # fmt: skip
+        _add_device(judge, "the local judge's device")
     judge.set_defaults(run=cmd_judge)
 
     from vchain.export import LAYOUTS
@@ -834,20 +883,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _variants() -> dict:
+    from vchain.variants import VARIANTS
+
+    return VARIANTS
+
+
+def _variants_help() -> str:
+    return "; ".join(f"{name}: {v.description}" for name, v in _variants().items())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    protect_logs()
     try:
         folder = _run_folder(argv)
         if folder is None:
             return _main(argv)
-        from vchain.run import hold
+        from vchain._lock import hold
 
-        # Locked before the parser is built (it imports torch): a second process fails within a second.
+        # Locked before anything slow: a second process fails within a second.
         with hold(folder):
             return _main(argv)
     except ConfigurationError as e:
         if "-v" in argv or "--verbose" in argv:
-            traceback.print_exc()
+            _print_traceback(e)
         print(redact(f"vchain: {e}"), file=sys.stderr)
         return EXIT_USAGE
 
@@ -861,16 +921,38 @@ def _run_folder(argv: list[str]) -> str | None:
     return known.output if known.command in RUN_FOLDER_COMMANDS and known.output else None
 
 
+def _optional_values(argv: list[str]) -> list[str]:
+    """`--color-correction` followed by something that is no strength is the bare flag: argparse would take
+    the next argument (the prompt, say) as its value and fail on it."""
+    fixed = list(argv)
+    for i, token in enumerate(fixed[:-1]):
+        if token == "--color-correction" and not _is_float(fixed[i + 1]):
+            fixed[i] = "--color-correction=1.0"
+    return fixed
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = next((a for a in argv if a in COMMANDS), "")
+    parser = build_parser(only=command)
+    args = parser.parse_args(_optional_values(argv))
     # vchain says what it does; the libraries below it only speak up for warnings (or with -v).
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("vchain").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return args.run(args)
+        with logging_redirect_tqdm():  # log lines go above the progress bars, never into them
+            return args.run(args)
     except ConfigurationError as e:
         _report(args, f"vchain {args.command}: {e}")
         return EXIT_USAGE
@@ -887,8 +969,15 @@ def _main(argv: list[str]) -> int:
 
 def _report(args, message: str) -> None:
     if args.verbose:
-        traceback.print_exc()
+        _print_traceback(sys.exc_info()[1])
     print(redact(message), file=sys.stderr)
+
+
+def _print_traceback(error: BaseException | None) -> None:
+    """The traceback of `error` and the exceptions chained to it, with every secret redacted."""
+    if error is not None:
+        scrub_exception(error)
+        print(redact("".join(traceback.format_exception(error))), end="", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,32 @@ def describe_errors(error: ValidationError, model: type[BaseModel] | None = None
         got = item.get("input")
         parts.append(f"{where} {message}, got {got!r}" if "input" in item else f"{where} {message}")
     return "; ".join(parts)
+
+
+def check_device(device: object, argument: str = "device") -> str:
+    """`device` as a torch device name that is usable here; a `ConfigurationError` naming `argument` otherwise.
+
+    Checked before any weights load: torch itself only fails when the weights are moved (a CPU-only
+    torch raises a bare `AssertionError` for "cuda").
+    """
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigurationError(f"{argument} must be a torch device such as cpu or cuda:0, got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigurationError(f"{argument} must be a torch device such as cpu or cuda:0, got {device!r}") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigurationError(f"{argument} must be cpu, cuda[:N] or mps, got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            f"{argument} {device}: this torch has no usable CUDA device (torch.cuda.is_available() is False)"
+        )
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigurationError(f"{argument} {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigurationError(f"{argument} {device}: MPS is not available here")
+    return str(parsed)

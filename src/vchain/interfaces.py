@@ -26,6 +26,11 @@ is tuned like Wan; see `docs/generators.md`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -55,9 +60,16 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
 
         Run folders compare descriptions to decide whether a finished stage can be reused, so include
         every setting that changes results (model id, sampling settings, seed) and nothing that does
-        not (timeouts, clients, keys: a key must never appear here).
+        not (timeouts, clients, keys: a key must never appear here). Values must be JSON (strings,
+        numbers, booleans, None, lists and dicts of them) and stable from run to run: never a memory
+        address or an object's default repr. The pipeline checks this when it is given the component.
+
+        The default is the class name, `code`: the qualified class name and a hash of the source of the
+        class and of its own base classes (so an edited component is a changed input, and a re-run does
+        not reuse what the old code made), and `model` / `model_id` when the component has them as
+        strings. Override it to record the settings that decide your component's results.
         """
-        info: dict[str, Any] = {"class": type(self).__name__}
+        info: dict[str, Any] = {"class": type(self).__name__, "code": code_identity(type(self))}
         for attribute in ("model", "model_id"):
             value = getattr(self, attribute, None)
             if isinstance(value, str):
@@ -70,6 +82,75 @@ class Component(ABC):  # noqa: B024 - a mixin of defaults, not an interface of i
         The default holds none. Local models move their weights off the GPU; the component stays usable
         (slower) and its `to(device)`, where it has one, brings it back.
         """
+
+
+_MEMORY_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+
+
+@functools.cache
+def code_identity(cls: type) -> str:
+    """`module.QualifiedName@<sha256 of the source>` of a class and its bases outside vchain's interfaces.
+
+    Source that cannot be read (a class made in an interactive session) is hashed from its methods'
+    compiled code instead, which is as stable from run to run.
+    """
+    digest = hashlib.sha256()
+    for klass in cls.__mro__:
+        if klass in (object, ABC) or klass.__module__ == __name__:
+            continue
+        try:
+            digest.update(inspect.getsource(klass).encode())
+        except (OSError, TypeError):
+            for name, value in sorted(vars(klass).items()):
+                code = getattr(getattr(value, "__func__", value), "__code__", None)
+                if code is not None:
+                    digest.update(name.encode() + code.co_code + repr(code.co_consts).encode())
+    return f"{cls.__module__}.{cls.__qualname__}@{digest.hexdigest()[:16]}"
+
+
+def check_description(component: Component, keyword: str) -> dict[str, Any]:
+    """`component.describe()`, checked to be a JSON dict without memory addresses; a `ConfigurationError` naming
+    `keyword`, the key and the value otherwise (it goes into manifests and fingerprints)."""
+    name = type(component).__name__
+    try:
+        info = component.describe()
+    except Exception as e:
+        raise ConfigurationError(f"{keyword}: {name}.describe() raised {type(e).__name__}: {e}") from e
+    if not isinstance(info, dict):
+        raise ConfigurationError(f"{keyword}: {name}.describe() must return a dict, got {type(info).__name__}")
+    problem = _json_problem(info, "")
+    if problem is not None:
+        where, what = problem
+        raise ConfigurationError(
+            f"{keyword}: {name}.describe() holds {what} at {where or 'the top'}; manifests and fingerprints need "
+            "JSON values (str, int, finite float, bool, None, lists and dicts with str keys) that are the same "
+            "every run: record a setting as such (e.g. str(dtype)), or override describe()"
+        )
+    return info
+
+
+def _json_problem(value: Any, where: str) -> tuple[str, str] | None:
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where, f"the non-finite number {value!r}")
+    if isinstance(value, str):
+        if _MEMORY_ADDRESS.search(value):
+            return where, f"a memory address ({value[:80]!r}), which changes every run"
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            if (problem := _json_problem(item, f"{where}[{i}]")) is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return where, f"the non-string key {key!r}"
+            if (problem := _json_problem(item, f"{where}.{key}" if where else key)) is not None:
+                return problem
+        return None
+    return where, f"{type(value).__module__}.{type(value).__qualname__} {value!r:.60}, which is not JSON"
 
 
 class ChatModel(Component):

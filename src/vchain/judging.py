@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,10 +35,10 @@ from vchain.accounting import CallRecord, UsageMeter, UsageSummary
 from vchain.config import Config, describe_errors
 from vchain.errors import ConfigurationError, MalformedResponseError, StageError, VChainError
 from vchain.images import stitch
-from vchain.interfaces import ChatModel, Judge
+from vchain.interfaces import ChatModel, Judge, check_description
 from vchain.prompts import image_part, text_part
 from vchain.reasoning import ChatAsker, chat_description, check_chat
-from vchain.run import VIDEO_FILE, Manifest, file_digest, fingerprint, iter_runs, read_manifest
+from vchain.run import VIDEO_FILE, Manifest, file_digest, fingerprint, hold, iter_runs, read_manifest
 from vchain.scores import DIMENSIONS, VideoScores, dimension_title
 
 logger = logging.getLogger(__name__)
@@ -218,10 +219,10 @@ class RunScores(BaseModel):
 def read_scores(folder: str | Path) -> RunScores:
     """The `scores.json` of a run folder (empty if there is none); a `VChainError` if it is unreadable."""
     path = Path(folder) / SCORES_FILE
-    if not path.is_file():
+    if _io.regular_file_error(path) == "does not exist":
         return RunScores()
     try:
-        return RunScores.model_validate_json(path.read_bytes())
+        return RunScores.model_validate_json(_io.read_regular(path))
     except (OSError, ValidationError) as e:
         detail = describe_errors(e)[:300] if isinstance(e, ValidationError) else str(e)
         raise VChainError(f"{str(path)!r} is not a vchain scores file ({detail}); move it aside") from e
@@ -252,8 +253,14 @@ def finished_runs(root: str | Path) -> list[FinishedRun]:
         except VChainError as e:
             logger.warning("Skipping %s: %s", folder, e)
             continue
-        if manifest.status() == "done" and (folder / VIDEO_FILE).is_file():
+        if manifest.status() != "done":
+            continue
+        problem = _io.regular_file_error(folder / VIDEO_FILE)
+        if problem is None:
             runs.append(FinishedRun(folder, manifest))
+        elif problem != "does not exist":  # a link could send a file from outside the run to the judge
+            logger.warning("Skipping %s: its %s %s; vchain judges only plain files inside a run", folder,
+                           VIDEO_FILE, problem)  # fmt: skip
     if not runs:
         raise ConfigurationError(
             f"root {str(root)!r} holds no finished run (a folder whose manifest.json has every stage "
@@ -349,22 +356,30 @@ def judge_runs(
 
     if not isinstance(judge, Judge):
         raise ConfigurationError(f"judge must be a vchain.interfaces.Judge, got {type(judge).__name__}")
+    check_description(judge, "judge")
     config = config or JudgingConfig()
     runs = finished_runs(root)
     people = evaluation.check_options(root, runs, baseline=baseline, by=by, labels=labels)
     identity = judge_identity(judge, config)
-    judged = [_judge_run(run, judge, config, identity) for run in runs]
-    scored = evaluation.scored_runs(runs)
-    result = JudgingResult(judged, [], Path(root) / SUMMARY_CSV, Path(root) / SUMMARY_MD)
-    if people is not None:
-        result.calibration = evaluation.calibrate(scored, people, config)
-        result.calibration_json, result.calibration_md = evaluation.write_calibration(
-            root, result.calibration, people, config
-        )
-    result.summary = summarize(runs, config, by, scored=scored)
-    result.summary_csv, result.summary_md = write_judge_summary(root, result.summary, config)
-    result.paired = evaluation.paired_comparison(scored, baseline, by, config)
-    result.paired_csv, result.paired_md = evaluation.write_paired(root, result.paired, baseline, config)
+    root = check_root(root)
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"root {str(root)!r} is not writable, so the judge summary could not be "
+                                 "written; nothing was sent: make it writable or judge a copy")  # fmt: skip
+    # One judge per tree, and none on a run another vchain process is writing: two judges would pay
+    # twice for every video and each overwrite the other's answers.
+    with hold(root):
+        judged = [_judge_locked(run, judge, config, identity) for run in runs]
+        scored = evaluation.scored_runs(runs)
+        result = JudgingResult(judged, [], Path(root) / SUMMARY_CSV, Path(root) / SUMMARY_MD)
+        if people is not None:
+            result.calibration = evaluation.calibrate(scored, people, config)
+            result.calibration_json, result.calibration_md = evaluation.write_calibration(
+                root, result.calibration, people, config
+            )
+        result.summary = summarize(runs, config, by, scored=scored)
+        result.summary_csv, result.summary_md = write_judge_summary(root, result.summary, config)
+        result.paired = evaluation.paired_comparison(scored, baseline, by, config)
+        result.paired_csv, result.paired_md = evaluation.write_paired(root, result.paired, baseline, config)
     failed = [run for run in judged if run.error]
     if failed:
         raise StageError(
@@ -373,6 +388,18 @@ def judge_runs(
             stage="judging",
         )
     return result
+
+
+def _judge_locked(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: dict) -> JudgedRun:
+    """`_judge_run` under the run's lock; a busy or read-only run is reported before anything is paid."""
+    if not os.access(run.path, os.W_OK | os.X_OK):
+        error = f"{str(run.path)!r} is not writable, so its {SCORES_FILE} could not be kept; nothing was sent"
+        return JudgedRun(run.path, run.manifest.variant, None, cached=False, error=error)
+    try:
+        with hold(run.path):
+            return _judge_run(run, judge, config, identity)
+    except ConfigurationError as e:
+        return JudgedRun(run.path, run.manifest.variant, None, cached=False, error=str(e))
 
 
 def _judge_run(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: dict) -> JudgedRun:

@@ -11,7 +11,16 @@ from PIL import Image
 
 from vchain.chain import ThoughtChain, check_prompt
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
-from vchain.interfaces import Adapter, ImageBackend, Interpolator, Judge, Reasoner, Tuner, VideoGenerator
+from vchain.interfaces import (
+    Adapter,
+    ImageBackend,
+    Interpolator,
+    Judge,
+    Reasoner,
+    Tuner,
+    VideoGenerator,
+    check_description,
+)
 from vchain.judging import judge_identity
 from vchain.reasoning import ReasoningConfig, augment, check_reasoning, keyframe_frame, reason
 from vchain.run import Manifest, NullRun, RunDirectory, chain_files, fingerprint
@@ -39,7 +48,10 @@ class VChainOutput:
 
     Attributes:
         chain: the chain of visual thoughts (None for variants that do not reason).
-        frames: the video's frames (empty when the run stopped before sampling).
+        frames: the video's frames (empty when the run stopped before sampling). With an output folder
+            they are always the frames of `video.mp4` as written (decoded from it), whether this call
+            sampled or reused the stage, so they never depend on a resume; without a folder they are the
+            generator's frames as sampled.
         video_path: the written mp4, when the run had an output folder and sampled.
         prompt: the text the generator sampled from (composite, augmented or the user's).
         adapter: the tuned adapter, when the variant tunes.
@@ -187,6 +199,11 @@ class VChainPipeline:
         if adapter is not None and not isinstance(adapter, Adapter):
             hint = "; load it with tuner.load_adapter(path)" if isinstance(adapter, (str, Path)) else ""
             raise ConfigurationError(f"adapter must be an Adapter, got {type(adapter).__name__}{hint}")
+        if overrides.get("output_type", "pil") != "pil":
+            raise ConfigurationError(
+                f"pipe.sample returns PIL frames, so output_type must be 'pil', got {overrides['output_type']!r}; "
+                "call pipe.generator.sample(prompt, output_type=...) for latents or arrays"
+            )
         return render(self.generator, text, adapter, seed=check_seed(seed), **overrides).frames
 
     def composite_prompt(self, chain: ThoughtChain) -> str:
@@ -274,7 +291,10 @@ class VChainPipeline:
                 else:
                     out.prompt = out.prompt or (self.composite_prompt(out.chain) if out.chain else prompt)
                     rendered = self._sample_step(run, out.prompt, out.adapter, out.chain, seed)
-                out.frames = rendered.frames
+                # One source of frames: with a folder they are the video's as written, so a metric on
+                # `out.frames` does not depend on whether this call sampled or reused the stage.
+                ran = "sampling" in run.ran and run.path is not None
+                out.frames = _read_video(run.video_path) if ran else rendered.frames
                 out.video_path = run.video_path
             run.wait_for_adapter()
             out.ran = tuple(run.ran)
@@ -344,6 +364,8 @@ class VChainPipeline:
                     prompt, self.reasoner, self.image_backend, self.reasoning, frame=frame, chain=chain,
                     log=run.reasoning_log(), meter=meter, progress=lambda n: bar.update(n - bar.n),
                 )  # fmt: skip
+                bar.total = bar.n  # the chain ends where the reasoner said, not at the cap: so does the bar
+                bar.refresh()
             record.seconds = _steps_seconds(meter, ("plan", "generate", "perception", "edit"))
             record.keyframes, record.stop_reason = len(result.chain.images), result.stop_reason
             run.set_outputs("reasoning", chain_files(result.chain))
@@ -499,7 +521,10 @@ def check_seed(seed: object) -> int | None:
 
 def _check_component(keyword: str, value: object) -> None:
     interface = _COMPONENTS[keyword]
-    if value is None or isinstance(value, interface):
+    if value is None:
+        return
+    if isinstance(value, interface):
+        check_description(value, keyword)
         return
     if isinstance(value, type):
         what = f"the class {value.__name__}; pass an instance, {value.__name__}(...)"

@@ -84,6 +84,9 @@ class KeyframeAnswer(BaseModel):
     index: int = Field(ge=1)
     caption: str
     is_last: bool
+    image_sha256: str | None = Field(
+        None, description="sha256 of the keyframe's PNG once drawn: a resume adopts that file instead of paying again"
+    )
 
 
 class KeyframeCheck(BaseModel):
@@ -119,6 +122,9 @@ class ReasoningLog:
     def record_correction(self, index: int, correction: ColorCorrection) -> None:
         """The colour correction of keyframe `index` (a redraw replaces the earlier one)."""
         self.corrections[index] = correction
+
+    def record_drawn(self, answer: KeyframeAnswer, image: Image.Image) -> None:
+        """Keyframe `answer.index` is drawn (and checked); called before the commit that writes it."""
 
     def commit(self, chain: ThoughtChain) -> None:
         """The chain grew (plan, or a finished keyframe); everything in it is final."""
@@ -198,7 +204,9 @@ def reason(
             loop.log.record_answer(answer)
         else:
             logger.info("Keyframe %d: using the caption paid for earlier", index)
-        chain.append(answer.caption, loop.keyframe(chain, index, answer.caption))
+        image = loop.keyframe(chain, index, answer.caption)
+        loop.log.record_drawn(answer, image)
+        chain.append(answer.caption, image)
         loop.log.commit(chain)
         if progress:
             progress(len(chain.images))

@@ -35,7 +35,7 @@ from vchain.judging import (
     read_scores,
     summarize,
 )
-from vchain.run import VIDEO_FILE, file_digest, iter_runs, read_manifest
+from vchain.run import VIDEO_FILE, check_output_file, file_digest, iter_runs, read_manifest
 from vchain.search import SearchOutcome, search_outcome
 from vchain.variants import VARIANTS
 from vchain.video import read_video
@@ -146,7 +146,9 @@ TEMPLATE = """\
   <h2>{{ case.prompt }}</h2>
   {% for row in case.rows.values() %}
   <div class="sync-group">
-  {% if case.rows|length > 1 %}<p class="seed">seed {{ row.seed }}</p>{% endif %}
+  {% if case.rows|length > 1 %}
+  <p class="seed">seed {{ row.seed }}{% if row.where %} ({{ row.where }}){% endif %}</p>
+  {% endif %}
   <div class="sync">
     <button type="button" class="play">Play all</button>
     <input type="range" class="scrub" min="0" max="1000" value="0" aria-label="position of every video in this row">
@@ -286,6 +288,7 @@ class _RunView:
 class _SeedRow:
     seed: int | None
     runs: dict[str, _RunView] = field(default_factory=dict)
+    where: str = ""  # the folder, when another row holds the same case, seed and variant
 
 
 @dataclass(frozen=True)
@@ -305,7 +308,7 @@ class _SearchRow:
 @dataclass
 class _CaseView:
     prompt: str
-    rows: dict[int | None, _SeedRow] = field(default_factory=dict)
+    rows: dict[tuple[int | None, int], _SeedRow] = field(default_factory=dict)  # (seed, copy) -> row
 
 
 @dataclass(frozen=True)
@@ -320,16 +323,15 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     The frames each judge saw are written as thumbnails into `<output_html's stem>_files/` beside it.
 
     Raises:
-        ConfigurationError: `root` does not exist or holds no run folder, or `output_html` is a folder.
+        ConfigurationError: `root` does not exist or holds no run folder, or `output_html` is no file vchain
+            may write (a folder, a link, a device, a FIFO, or a path inside a run folder).
     """
     import jinja2
 
     from vchain.evaluation import agreement_line, read_calibration, run_case
 
     root = check_root(root)
-    output = Path(output_html).expanduser()
-    if output.is_dir():
-        raise ConfigurationError(f"output_html {str(output)!r} is a folder; pass the path of an .html file")
+    output = check_output_file(output_html, "output_html")
     base = output.parent.absolute()
     frames_dir = base / f"{output.stem}_files"
     cases: dict[str, _CaseView] = {}
@@ -348,7 +350,12 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
             finished.append(FinishedRun(folder, manifest))
         case_id, seed, _ = run_case(manifest)
         case = cases.setdefault(case_id, _CaseView(manifest.prompt))
-        row = case.rows.setdefault(seed, _SeedRow(seed))
+        # A second run of one case, seed and variant (another tree, a copy) gets a row of its own: every
+        # video the summary counts is shown.
+        copy = 0
+        while manifest.variant in case.rows.get((seed, copy), _SeedRow(seed)).runs:
+            copy += 1
+        row = case.rows.setdefault((seed, copy), _SeedRow(seed, where=os.path.relpath(folder, root) if copy else ""))
         row.runs[manifest.variant] = _RunView(
             variant=manifest.variant,
             status=manifest.status(),
@@ -370,7 +377,7 @@ def write_report(root: str | Path, output_html: str | Path) -> Path:
     html = environment.from_string(TEMPLATE).render(
         title=root.absolute().name,
         cases=[
-            _CaseView(c.prompt, {seed: c.rows[seed] for seed in sorted(c.rows, key=lambda s: (s is None, s or 0))})
+            _CaseView(c.prompt, {k: c.rows[k] for k in sorted(c.rows, key=lambda k: (k[0] is None, k[0] or 0, k[1]))})
             for c in cases.values()
         ],
         variants=variants,

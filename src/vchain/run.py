@@ -20,7 +20,6 @@ seed where it matters, and the artifacts it reads) and a record of its outputs w
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.metadata
 import json
@@ -28,25 +27,31 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vchain import _io
-from vchain._redact import redact
+from vchain._lock import (  # noqa: F401 - the lock and folder checks are part of vchain.run's API
+    _HELD,
+    LOCK_FILE,
+    _FolderLock,
+    _now,
+    check_output_dir,
+    hold,
+)
+from vchain._redact import redact, scrub_exception
 from vchain.accounting import CallRecord, UsageMeter, UsageSummary
-from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain
+from vchain.chain import CHAIN_FILE, METADATA_FILE, ThoughtChain, png_bytes
 from vchain.color import ColorCorrection
 from vchain.config import describe_errors
 from vchain.errors import ConfigurationError, VChainError
+from vchain.images import read_image
 from vchain.reasoning import KeyframeAnswer, KeyframeCheck, ReasoningLog, StopReason
 from vchain.variants import STAGES
 
@@ -58,7 +63,6 @@ VIDEO_FILE = "video.mp4"
 LORA_DIR = "lora"
 CANDIDATES_DIR = "candidates"
 ROUNDS_DIR = "rounds"
-LOCK_FILE = ".lock"
 IMPORTED = "imported"
 Status = Literal["pending", "running", "done", "failed", "skipped"]
 _PACKAGES = ("vchain", "torch", "diffusers", "peft", "transformers", "accelerate", "openai", "pydantic")
@@ -76,6 +80,17 @@ class StageRecord(BaseModel):
     seconds: dict[str, float] = {}
     total_seconds: float = 0.0
     error: str | None = None
+
+    @field_validator("outputs")
+    @classmethod
+    def _inside_the_folder(cls, outputs: dict[str, str]) -> dict[str, str]:
+        # A manifest is read from disk and may have been edited or copied from elsewhere: an output
+        # name is joined to the folder to digest, replace or remove it, so it must stay inside.
+        for name in outputs:
+            problem = _io.safe_relative(name)
+            if problem is not None:
+                raise ValueError(f"output {name!r} {problem}; a run folder records paths inside itself only")
+        return outputs
 
 
 class ReasoningRecord(StageRecord):
@@ -189,10 +204,6 @@ class Manifest(BaseModel):
         return "done" if all(s in ("done", "skipped") for s in statuses) else "incomplete"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in _PACKAGES:
@@ -204,16 +215,20 @@ def package_versions() -> dict[str, str]:
 
 
 def read_manifest(folder: str | Path) -> Manifest:
-    """The manifest of a run folder, or a `VChainError` naming the file and what is wrong with it."""
+    """The manifest of a run folder, or a `ConfigurationError` naming the file and what is wrong with it.
+
+    Only a plain file of bounded size is read (`vchain._io.read_regular`), and every output it records
+    must be a path inside the folder: a manifest from elsewhere can never make vchain touch other files.
+    """
     path = Path(folder) / MANIFEST_FILE
     fix = f"move {str(path)!r} aside to import the chain as is, or choose another folder"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_io.read_regular(path).decode("utf-8"))
         return Manifest.model_validate(data)
     except ValidationError as e:
-        raise VChainError(f"{str(path)!r} is not a vchain manifest ({describe_errors(e)[:300]}); {fix}") from e
+        raise ConfigurationError(f"{str(path)!r} is not a vchain manifest ({describe_errors(e)[:300]}); {fix}") from e
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise VChainError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {fix}") from e
+        raise ConfigurationError(f"{str(path)!r} is not readable JSON ({type(e).__name__}: {e}); {fix}") from e
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -228,106 +243,25 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_output_dir(output_dir: object, *, create: bool = True) -> Path:
-    """The run folder as a path; a `ConfigurationError` naming it and the OS reason if it cannot be one.
+def check_output_file(path: object, argument: str) -> Path:
+    """A file path vchain may write; a `ConfigurationError` naming `argument` unless it is one.
 
-    With `create=False` nothing is made: the path is only checked (a file, an unreachable or unwritable
-    parent), so a command can refuse a bad folder before it loads any model.
+    The path must be a new or regular file (not a folder, a link, a device or a FIFO: an atomic write
+    would replace the node itself), and not inside a run folder, whose files are vchain's record.
     """
-    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
-        raise ConfigurationError(f"output_dir must be a folder path, got {output_dir!r}")
-    if "\0" in str(output_dir):
-        raise ConfigurationError(f"output_dir holds a null byte, which no file system allows: {output_dir!r}")
-    path = Path(output_dir).expanduser()
-    try:
-        is_file = path.exists() and not path.is_dir()
-    except OSError as e:  # a name too long for the file system, say
-        raise ConfigurationError(f"output_dir {str(path)!r} cannot be used: {e.strerror or e}") from None
-    if is_file:
-        raise ConfigurationError(f"output_dir {str(path)!r} is a file, not a folder; choose another path")
-    if not create:
-        existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-        if existing != path and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
-            reason = "is not a folder" if not existing.is_dir() else "is not writable"
-            raise ConfigurationError(f"output_dir {str(path)!r} cannot be created: {str(existing)!r} {reason}")
-        return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigurationError(f"output_dir {str(path)!r} cannot be created: {e.strerror or e}") from None
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip() or "\0" in str(path):
+        raise ConfigurationError(f"{argument} must be a file path, got {path!r}")
+    path = Path(path).expanduser()
+    problem = _io.regular_file_error(path)
+    if problem not in (None, "does not exist"):
+        raise ConfigurationError(f"{argument} {str(path)!r} {problem}; pass the path of a new or regular file")
+    for folder in path.absolute().parents:
+        if (folder / MANIFEST_FILE).exists() or (folder / CHAIN_FILE).exists():
+            raise ConfigurationError(
+                f"{argument} {str(path)!r} is inside the run folder {str(folder)!r}, whose files are its record; "
+                "write it outside the run folder"
+            )
     return path
-
-
-class _FolderLock:
-    """An exclusive OS lock (`flock`) on `<folder>/.lock`, released when closed or when the process dies."""
-
-    def __init__(self, folder: Path):
-        self.fd: int | None = None
-        self.folder = folder
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            logger.warning("No folder lock on this platform: do not run two processes on %s", folder)
-            return
-        path = folder / LOCK_FILE
-        try:  # O_NOFOLLOW: a planted link must not make vchain write its pid line elsewhere
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise PermissionError(e.errno, e.strerror) from None
-            what = "a symlink" if e.errno == errno.ELOOP else "a folder" if e.errno == errno.EISDIR else e.strerror
-            raise ConfigurationError(
-                f"output_dir {str(folder)!r} holds {LOCK_FILE} that is {what}; vchain locks the folder with a "
-                f"plain file of that name: remove it"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
-            os.close(fd)
-            raise ConfigurationError(
-                f"output_dir {str(folder)!r} is in use by another vchain process ({holder}); wait for it to "
-                "finish, or choose another folder"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-_HELD: dict[Path, _FolderLock] = {}
-
-
-@contextmanager
-def hold(output_dir: str | Path) -> Iterator[Path]:
-    """Take a run folder's lock for the whole block, before any slow start-up (the CLI's first step).
-
-    Run folders opened inside the block in this process use this lock instead of taking their own, so a
-    second process fails within a second of starting rather than after loading its models. A folder
-    made for the block and left holding nothing but the lock is removed again.
-    """
-    path = check_output_dir(output_dir, create=False)
-    created = not path.exists()
-    path = check_output_dir(path)
-    key = path.resolve()
-    try:
-        lock = _FolderLock(path)
-    except PermissionError:  # a read-only folder: RunDirectory reads it as is, or says why not
-        yield path
-        return
-    _HELD[key] = lock
-    try:
-        yield path
-    finally:
-        del _HELD[key]
-        lock.release()
-        if created and [p.name for p in path.iterdir()] == [LOCK_FILE]:
-            (path / LOCK_FILE).unlink()
-            path.rmdir()
 
 
 class RunDirectory:
@@ -364,6 +298,7 @@ class RunDirectory:
             if not self.read_only:
                 self._remove_leftovers()
             self.manifest = self._open_manifest(prompt, variant)
+            self._refuse_linked_outputs()
             if overwrite:
                 self._start_over()
             elif not self.read_only:
@@ -433,6 +368,19 @@ class RunDirectory:
                     f"output_dir {str(self.path)!r} holds a symlink, {str(path)!r}; vchain refuses links "
                     "inside run folders (they could make it write elsewhere): remove it"
                 )
+
+    def _refuse_linked_outputs(self) -> None:
+        """Every recorded output is reached without a link, so replacing or removing it stays inside."""
+        for stage in STAGES:
+            for name in self.record(stage).outputs:
+                parts = name.split("/")
+                for depth in range(1, len(parts) + 1):
+                    path = self.path.joinpath(*parts[:depth])
+                    if path.is_symlink():
+                        raise ConfigurationError(
+                            f"output_dir {str(self.path)!r}: the manifest's output {name!r} goes through a "
+                            f"symlink, {str(path)!r}; vchain refuses links inside run folders: remove it"
+                        )
 
     def _remove_leftovers(self) -> None:
         for path in list(self._entries()):
@@ -531,8 +479,9 @@ class RunDirectory:
             return f"{stage} left no recorded artifact"
         for name, digest in record.outputs.items():
             path = self.path / name
-            if not path.is_file():
-                return f"{name} is missing"
+            problem = _io.regular_file_error(path)
+            if problem is not None:
+                return f"{name} is missing" if problem == "does not exist" else f"{name} {problem}"
             if file_digest(path) != digest:
                 return f"{name} changed since it was written"
         return None
@@ -602,6 +551,7 @@ class RunDirectory:
         try:
             result = compute(record)
         except BaseException as e:
+            scrub_exception(e)
             record.status, record.error = "failed", redact(f"{type(e).__name__}: {e}")[:2000]
             raise
         else:
@@ -659,20 +609,39 @@ class RunDirectory:
 
         return UsageMeter(self.manifest.calls, on_record=persist)
 
-    def partial_chain(self, folder: str = "") -> ThoughtChain | None:
-        """The committed chain of unfinished reasoning in `folder` (relative; the run's own by default);
-        keyframes beyond its captions are removed."""
+    def partial_chain(
+        self, folder: str = "", record: ReasoningRecord | RoundRecord | None = None
+    ) -> ThoughtChain | None:
+        """The committed chain of unfinished reasoning in `folder` (relative; the run's own by default), whose
+        paid answers are in `record` (the reasoning stage's by default); keyframes beyond its captions are
+        removed, except the one drawn for the next paid answer, which is adopted."""
         where = self.path / folder
+        record = record or self.manifest.stages.reasoning
         if not (where / CHAIN_FILE).is_file():
             return None
         chain = ThoughtChain.load(where, with_images=False)
         committed = set(chain.file_names)
+        drawn = self._drawn_keyframe(chain, where, record)
         for path in where.glob(f"{chain.name}_*.png"):
-            if path.name not in committed:
+            if path.name not in committed and path.name != drawn:
                 path.unlink()
         if (where / chain.file_names[0]).is_file():
             chain = ThoughtChain.load(where, with_images=True)
+        if drawn is not None and len(chain.images) == len(chain.captions):
+            answer = next(a for a in record.answers if a.index == len(chain.captions))
+            chain.append(answer.caption, read_image(where / drawn))
+            chain.save(where)
+            logger.info("%s: keyframe %d was drawn before a stop; adopted, not drawn again", where, answer.index)
         return chain
+
+    def _drawn_keyframe(self, chain: ThoughtChain, where: Path, record) -> str | None:
+        """The next keyframe's PNG when it is the very image the manifest recorded as paid for, else None."""
+        index = len(chain.captions)
+        answer = next((a for a in record.answers if a.index == index), None)
+        name = f"{chain.name}_{index}.png"
+        if answer is None or answer.image_sha256 is None or _io.regular_file_error(where / name) is not None:
+            return None
+        return name if file_digest(where / name) == answer.image_sha256 else None
 
     def reasoning_log(self, record: ReasoningRecord | RoundRecord | None = None, folder: str = "") -> ReasoningLog:
         """The log that keeps paid answers in `record` (the reasoning stage's by default) and the chain in `folder`."""
@@ -787,6 +756,14 @@ class _FolderReasoningLog(ReasoningLog):
     def record_correction(self, index: int, correction: ColorCorrection) -> None:
         super().record_correction(index, correction)
         self.record.corrections = dict(self.corrections)
+
+    def record_drawn(self, answer: KeyframeAnswer, image) -> None:
+        # The paid image's digest goes into the manifest before its PNG is written: a crash between the
+        # PNG and chain.json then leaves a file a resume can recognise and adopt, not pay for again.
+        drawn = answer.model_copy(update={"image_sha256": hashlib.sha256(png_bytes(image)).hexdigest()})
+        self.answers[answer.index] = drawn
+        self.record.answers = [a for a in self.record.answers if a.index != answer.index] + [drawn]
+        self.run.save()
 
     def commit(self, chain: ThoughtChain) -> None:
         chain.save(self.run.path / self.folder)

@@ -200,7 +200,7 @@ class Search:
         pipe, start = self.pipe, time.perf_counter()
         log = self.run.reasoning_log(current, current.folder)
         try:
-            chain = self.run.partial_chain(current.folder)
+            chain = self.run.partial_chain(current.folder, current)
             if chain is None:
                 logger.info("Search round %d: revising the plan from the critique", current.round)
                 plan = revise(previous, current.critique, pipe.reasoner, pipe.reasoning, meter=self.meter,

@@ -196,6 +196,22 @@ def run_suite(
     go on. Returns the runs this process executed. With
     `search`, each variant searches as far as it can (`vchain.search.for_variant`; the pipeline needs a judge).
     """
+    from vchain.pipeline import check_seed
+    from vchain.run import check_output_dir
+
+    if not callable(make_pipeline):
+        raise ConfigurationError(
+            f"make_pipeline must be a callable that returns a VChainPipeline, got {make_pipeline!r}"
+        )
+    for name, value in (("cases", cases), ("variants", variants), ("prompts", prompts)):
+        if isinstance(value, (str, bytes)) or not (value is None or isinstance(value, Sequence)):
+            raise ConfigurationError(f"{name} must be a list, got {value!r}")
+    if not prompts or not all(isinstance(p, Case) or (isinstance(p, str) and p.strip()) for p in prompts):
+        raise ConfigurationError(
+            f"prompts must be a list of non-empty strings or vchain.cases.Case, got {list(prompts)!r:.200}"
+        )
+    check_seed(seed)
+    check_output_dir(root, create=False)
     import torch
     from accelerate import PartialState
 
@@ -294,5 +310,21 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
     shown = columns if any(row["variant"] == "best-of-n" for row in rows) else SUMMARY_COLUMNS
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(str(row[c]) for c in shown) + " |" for row in rows]
+    unfinished = [f"{row['run']} ({row['status']})" for row in rows if row["status"] != "done"]
+    if unfinished:
+        lines += ["", f"Not finished ({len(unfinished)} of {len(rows)}): " + ", ".join(unfinished)]
     _io.write_text(root / "summary.md", "\n".join(lines) + "\n")
     return root / "summary.csv"
+
+
+def unfinished_runs(runs: Sequence[SuiteRun]) -> list[str]:
+    """`run (status)` for each run whose folder does not hold a finished run (failed, incomplete, missing)."""
+    names = []
+    for run in runs:
+        try:
+            status = read_manifest(run.path).status() if (run.path / MANIFEST_FILE).is_file() else "missing"
+        except VChainError:
+            status = "unreadable"
+        if status != "done":
+            names.append(f"{run.id} ({status})")
+    return names

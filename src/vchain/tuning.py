@@ -27,17 +27,16 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import Field, model_validator
 
-from vchain import lora_files
-from vchain.config import Config
+from vchain import _io, lora_files
 from vchain.errors import ConfigurationError, NumericalError, StageError, VChainError
 from vchain.images import UnreadableImageError, read_image
 from vchain.interfaces import Adapter, TrainingObjective, TunableGenerator, Tuner, TuningReport, VideoGenerator
+from vchain.lora_config import LoRAConfig
 from vchain.lora_files import LORA_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
@@ -70,67 +69,6 @@ class FlowMatchingObjective(TrainingObjective):
 
 
 # --------------------------------------------------------------------------------------------- config
-
-
-class LoRAConfig(Config):
-    """Settings of `LoRATuner`. Rank, alpha and learning rate are the paper's.
-
-    The default step count: the paper gives none ("limited iterations"). 300 steps with five keyframes
-    are about 60 visits each: enough at lr 1e-4 for a rank-16 LoRA to take on the keyframes' content,
-    short of the point where a few stills start to freeze the video's motion (the trade-off the paper
-    names). Raise it for stronger adherence to the keyframes, lower it for more motion.
-    """
-
-    rank: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank")
-    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate of the LoRA")
-    steps: int = Field(300, ge=1, le=1_000_000, description="optimizer steps")
-    batch_size: int = Field(1, ge=1, le=64, description="keyframes per step")
-    weighting_scheme: Literal["logit_normal", "uniform"] = Field(
-        "logit_normal", description="how noise levels are drawn, before the objective's shift"
-    )
-    logit_mean: float = Field(0.0, description="mean of the logit-normal draw")
-    logit_std: float = Field(1.0, gt=0, description="standard deviation of the logit-normal draw")
-    height: int | None = Field(None, gt=0, description="training height; None takes the generator's")
-    width: int | None = Field(None, gt=0, description="training width; None takes the generator's")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; None disables it")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    target_modules: Annotated[tuple[str, ...] | None, Field(strict=False, min_length=1)] = Field(
-        None, description="module-name suffixes that get the LoRA; None takes the generator's"
-    )
-    log_every: int = Field(10, ge=1, description="steps between loss reads (each waits for the device)")
-    compile: bool = Field(
-        False,
-        description="regional torch.compile of the denoiser's repeated blocks while tuning (the first steps "
-        "pay the compilation; later runs in the process reuse it)",
-    )
-    compile_backend: str = Field(
-        "inductor", min_length=1, description="the torch.compile backend ('eager' or 'aot_eager' test the plumbing)"
-    )
-    fused_adamw: bool | None = Field(
-        None, description="AdamW's fused kernel (one launch per step for all LoRA tensors); None: on CUDA only"
-    )
-    seed: int = Field(0, ge=0, lt=2**63, description="seeds LoRA init, keyframe order, noise and levels")
-    merge_for_sampling: bool = Field(
-        True,
-        description="fold the LoRA into the weights while sampling (restored from a snapshot); "
-        "False adds peft layers instead",
-    )
-
-    @model_validator(mode="after")
-    def _names(self):
-        if self.target_modules is not None and not all(name.strip() for name in self.target_modules):
-            raise ValueError(f"target_modules must be non-empty names, got {self.target_modules!r}")
-        return self
-
-    def lora_config(self, target_modules: Sequence[str]):
-        """The peft `LoraConfig` these settings describe."""
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, target_modules=list(target_modules), init_lora_weights=True
-        )
 
 
 # -------------------------------------------------------------------------------------------- adapter
@@ -197,7 +135,7 @@ class LoRAAdapter(Adapter):
         two files, `<name>_high_noise.safetensors` and `<name>_low_noise.safetensors`.
         """
         lora_files.check_format(format)
-        path = Path(path)
+        path = _io.check_path(path, "path")
         if format == "comfyui":
             converted = [lora_files.to_comfyui(state_dict, self.alpha) for state_dict in self.state_dicts]
             targets = lora_files.comfyui_paths(path, len(self.state_dicts))
@@ -218,7 +156,7 @@ class LoRAAdapter(Adapter):
         diffusers, ComfyUI / original-Wan and musubi-tuner layouts are read (`vchain.lora_files`); see
         `lora_files.find_lora_files` for how a folder or a Wan2.2 pair of files is found.
         """
-        files = lora_files.find_lora_files(path)
+        files = lora_files.find_lora_files(_io.check_path(path, "path"))
         state_dicts, metadata = [], {}
         for file in files:
             state_dict, metadata = lora_files.read_lora_file(file)
@@ -373,7 +311,7 @@ class LoRATuner(Tuner):
         if not targets:
             raise ConfigurationError(f"{type(generator).__name__} names no lora_targets; set target_modules")
         for denoiser in generator.denoisers():
-            _check_targets(denoiser, targets)
+            _check_targets(denoiser, targets, config.rank)
             if config.compile:
                 repeated_blocks(denoiser)
         return tuple(targets)
@@ -635,7 +573,7 @@ def _tunable(generator: object, action: str) -> TunableGenerator:
     return generator
 
 
-def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
+def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str], rank: int) -> None:
     names = _linear_names(denoiser)
     unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if unmatched:
@@ -643,6 +581,20 @@ def _check_targets(denoiser: torch.nn.Module, targets: Sequence[str]) -> None:
         raise ConfigurationError(
             f"target_modules {unmatched} match no linear layer of {type(denoiser).__name__}; "
             f"its linears are named like {examples}"
+        )
+    # A rank above a layer's narrower side adds parameters and no expressiveness: a mistake, not a choice.
+    modules = dict(denoiser.named_modules())
+    # A linear that already holds a LoRA is measured by its base layer.
+    linears = {n: modules[n].get_base_layer() if hasattr(modules[n], "get_base_layer") else modules[n] for n in names}
+    width, name = min(
+        (min(m.in_features, m.out_features), n)
+        for n, m in linears.items()
+        if any(n == t or n.endswith(f".{t}") for t in targets)
+    )
+    if rank > width:
+        raise ConfigurationError(
+            f"rank {rank} is above the width of the targeted layers of {type(denoiser).__name__} (the narrowest, "
+            f"{name}, is {width} wide); a LoRA's rank can be at most min(in, out): choose rank <= {width}"
         )
 
 

@@ -142,7 +142,7 @@ def test_describe_names_the_model_and_the_decoding_settings_only(qwen):
     assert description["class"] == "TransformersReasoner"
     assert description["model"] == tiny_vlm("qwen2_5_vl").name and description["dtype"] == "float32"
     assert description["temperature"] is None and description["max_new_tokens"] == SMALL["max_new_tokens"]
-    assert "/" not in json.dumps(description)
+    assert "/" not in json.dumps(description) and description["checkpoint"].startswith("folder:")
 
 
 def test_the_older_torch_dtype_name_is_accepted_but_not_with_dtype():
@@ -240,3 +240,19 @@ def test_a_local_judge_scores_a_finished_run_on_the_scale(qwen, tmp_path):
     answer = entry["scores"]
     assert all(answer[d] in (1, 2, 3, 4, 5) and answer[f"{d}_reason"] for d in DIMENSIONS)
     assert judge.describe()["class"] == "TransformersJudge" and result.usage.requests == 1
+
+
+def test_two_checkpoints_with_one_folder_name_are_two_judges(qwen, tmp_path):
+    import shutil
+
+    from vchain.backends.transformers import TransformersJudge
+    from vchain.judging import JudgingConfig, judge_identity
+    from vchain.run import fingerprint
+
+    first, second = (shutil.copytree(tiny_vlm("qwen2_5_vl"), tmp_path / side / "ckpt") for side in ("a", "b"))
+    judges = [TransformersJudge(TransformersReasoner.from_pretrained(path, **SMALL)) for path in (first, second)]
+    descriptions = [judge.describe() for judge in judges]
+    assert descriptions[0]["model"] == descriptions[1]["model"] == "ckpt"
+    assert descriptions[0]["checkpoint"] != descriptions[1]["checkpoint"] and str(tmp_path) not in str(descriptions)
+    keys = {fingerprint(judge_identity(judge, JudgingConfig())) for judge in judges}
+    assert len(keys) == 2

@@ -53,6 +53,8 @@ class GeneratorFamily:
     module: str
     generator: str
     tuner: str
+    sampling: str  # its sampling config and LoRA config, in `vchain.backends._configs` (no torch import)
+    tuning: str
     dispatches_attention: bool = True  # its attention goes through diffusers' dispatcher (attention_backend)
 
     def generator_class(self) -> type:
@@ -61,17 +63,35 @@ class GeneratorFamily:
     def tuner_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.tuner)
 
+    def sampling_class(self) -> type:
+        """The generator's sampling config, importable without torch (the CLI checks flags with it first)."""
+        return getattr(importlib.import_module("vchain.backends._configs"), self.sampling)
+
+    def tuning_class(self) -> type:
+        """The tuner's LoRA config, importable without torch."""
+        return getattr(importlib.import_module("vchain.backends._configs"), self.tuning)
+
 
 GENERATOR_FAMILIES = {
     family.pipeline_class: family
     for family in (
-        GeneratorFamily("Wan", "WanPipeline", "vchain.backends.wan", "WanVideoGenerator", "WanLoRATuner"),
+        GeneratorFamily(
+            "Wan",
+            "WanPipeline",
+            "vchain.backends.wan",
+            "WanVideoGenerator",
+            "WanLoRATuner",
+            "WanSamplingConfig",
+            "WanLoRAConfig",
+        ),
         GeneratorFamily(
             "CogVideoX",
             "CogVideoXPipeline",
             "vchain.backends.cogvideox",
             "CogVideoXVideoGenerator",
             "CogVideoXLoRATuner",
+            "CogVideoXSamplingConfig",
+            "CogVideoXLoRAConfig",
             dispatches_attention=False,
         ),
     )

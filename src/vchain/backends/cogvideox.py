@@ -13,58 +13,23 @@ CogVideoX's LoRA targets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import Field
 
-from vchain.backends.diffusers_video import DiffusersVideoGenerator, frame_errors
-from vchain.config import Config
+from vchain.backends._configs import (
+    COGVIDEOX_DEFAULT_MODEL as DEFAULT_MODEL,
+)
+from vchain.backends._configs import (
+    COGVIDEOX_LORA_TARGETS,
+    CogVideoXLoRAConfig,
+    CogVideoXSamplingConfig,
+    frame_errors,
+)
+from vchain.backends.diffusers_video import DiffusersVideoGenerator
 from vchain.errors import ConfigurationError
-from vchain.tuning import LoRAConfig, LoRATuner, TrainingObjective
-
-# Every linear of every transformer block: the joint text-video attention and the feed-forward.
-# The feed-forward is `ff` here (`ffn` in Wan); these are the names diffusers' CogVideoX LoRAs use.
-COGVIDEOX_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-DEFAULT_MODEL = "THUDM/CogVideoX-5b"
-# The VAE compresses 8x in space and 4x in time and the transformer patches 2x2: sizes are multiples of
-# 16. The VAE decodes latent frames in pairs and only an odd count gives back 4(n-1)+1 frames (an even
-# one gives 4n, whatever was asked), so frame counts are 8k+1. The loaded model's own factors are used.
-_SPATIAL, _FRAME_STRIDE = 16, 8
-
-
-class CogVideoXSamplingConfig(Config):
-    """Sampling settings of `CogVideoXVideoGenerator`; checked against the model before anything runs.
-
-    The defaults are CogVideoX-2b/5b's (6 s at 8 fps, 480x720). CogVideoX1.5-5B was trained on 5 or
-    10 s at 16 fps, 768x1360: pass `height=768, width=1360, num_frames=81, fps=16` for it.
-    """
-
-    height: int = Field(480, gt=0, description="frame height in pixels, a multiple of 16")
-    width: int = Field(720, gt=0, description="frame width in pixels, a multiple of 16")
-    num_frames: int = Field(49, gt=0, description="frames per video, 8k+1 (49 = 6 s at 8 fps)")
-    num_inference_steps: int = Field(50, ge=1, le=1000, description="denoising steps")
-    guidance_scale: float = Field(6.0, ge=0, le=100, description="classifier-free guidance")
-    use_dynamic_cfg: bool = Field(
-        False, description="raise the guidance over the steps on a cosine schedule (diffusers' option)"
-    )
-    negative_prompt: str | None = Field(None, description="the guidance negative; None encodes the empty prompt")
-    fps: int = Field(8, ge=1, le=240, description="frame rate of the written mp4")
-
-    def check(
-        self,
-        spatial_multiple: int = _SPATIAL,
-        frame_stride: int = _FRAME_STRIDE,
-        max_size: tuple[int, int] | None = None,
-    ) -> CogVideoXSamplingConfig:
-        """Raise `ConfigurationError` for sizes the model cannot render (stock diffusers would round the
-        frame count silently, or fail deep inside on a size that is not a multiple of 16)."""
-        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
-                              frame_stride=frame_stride, typical_frames=49, max_size=max_size)  # fmt: skip
-        if errors:
-            raise ConfigurationError("invalid CogVideoX sampling settings: " + "; ".join(errors))
-        return self
+from vchain.tuning import LoRATuner, TrainingObjective
 
 
 class VPredictionObjective(TrainingObjective):
@@ -212,17 +177,6 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
             table = self.pipeline._prepare_rotary_positional_embeddings(h * scale, w * scale, frames, latents.device)
             self._rotary = (key, table)
         return self._rotary[1]
-
-
-class CogVideoXLoRAConfig(LoRAConfig):
-    """`LoRAConfig` with CogVideoX's targets (every linear of every block) and its uniform timesteps."""
-
-    target_modules: tuple[str, ...] | None = Field(
-        COGVIDEOX_LORA_TARGETS, strict=False, min_length=1, description="module-name suffixes that get the LoRA"
-    )
-    weighting_scheme: Literal["logit_normal", "uniform"] = Field(
-        "uniform", description="how noise levels are drawn; uniform timesteps, as CogVideoX was trained"
-    )
 
 
 class CogVideoXLoRATuner(LoRATuner):

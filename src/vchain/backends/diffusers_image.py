@@ -59,7 +59,7 @@ from pydantic import Field
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
 from vchain.backends.diffusers_video import parse_dtype
-from vchain.config import Config
+from vchain.config import Config, check_device
 from vchain.errors import BackendError, ConfigurationError, NumericalError
 from vchain.interfaces import ImageBackend
 
@@ -214,6 +214,8 @@ class DiffusersImageBackend(ImageBackend):
         DiffusersImageConfig(**settings)
         if not isinstance(cpu_offload, bool):
             raise ConfigurationError(f"cpu_offload must be True or False, got {cpu_offload!r}")
+        if device is not None:
+            check_device(device)
         if cpu_offload:
             from diffusers.utils.torch_utils import get_device
 

@@ -8,70 +8,21 @@ import contextlib
 import time
 from abc import abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, field_validator
 
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_timing
-from vchain.config import Config
+from vchain.backends._configs import Acceleration
+from vchain.config import Config, check_device
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.interfaces import TunableGenerator
 from vchain.tuning import compiled_blocks
 
 OUTPUT_TYPES = ("pil", "np", "latent")
-
-
-class Acceleration(Config):
-    """Speed switches of a diffusers generator, each through diffusers' own machinery, all off by default.
-
-    They are applied around each sampling call and removed after it, so between calls the wrapped
-    pipeline is exactly the stock one. They change outputs (within float tolerance for `compile` and
-    the attention kernels, by skipped work for the step cache), so a manifest records them; their
-    quality cost at full size is unknown until measured.
-    """
-
-    compile: bool = Field(
-        False,
-        description="regional torch.compile of the transformer's repeated blocks; compiled once per process, "
-        "later prompts and merged adapters reuse it",
-    )
-    compile_backend: str = Field(
-        "inductor", min_length=1, description="the torch.compile backend ('eager' or 'aot_eager' test the plumbing)"
-    )
-    attention_backend: str | None = Field(
-        None,
-        description="diffusers' attention kernel: 'native', 'flash', 'sage', '_native_cudnn', ... as the "
-        "installed packages allow; None keeps diffusers' default",
-    )
-    cache: Literal["first-block"] | None = Field(
-        None,
-        description="step cache: None (off) or 'first-block' (diffusers' FirstBlockCache: the other blocks are "
-        "skipped while the first block's output barely changes)",
-    )
-    cache_threshold: float = Field(
-        0.05, gt=0, le=1, description="the first-block cache's relative change threshold (higher skips more)"
-    )
-
-    @field_validator("attention_backend")
-    @classmethod
-    def _usable(cls, name: str | None) -> str | None:
-        """A backend diffusers knows and whose package is installed (checked before any model loads)."""
-        if name is None:
-            return None
-        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
-
-        known = [backend.value for backend in AttentionBackendName]
-        if name not in known:
-            raise ValueError(f"must be one of diffusers' attention backends ({', '.join(known)})")
-        try:
-            _check_attention_backend_requirements(AttentionBackendName(name))
-        except RuntimeError as e:
-            raise ValueError(f"cannot be used here: {e}") from None
-        return name
 
 
 def parse_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
@@ -82,36 +33,6 @@ def parse_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ConfigurationError(f"{argument} must be a floating torch dtype such as torch.bfloat16, got {value!r}")
     return dtype
-
-
-def frame_errors(
-    height: int,
-    width: int,
-    multiple: int,
-    *,
-    num_frames: int | None = None,
-    frame_stride: int = 1,
-    typical_frames: int = 81,
-    max_size: tuple[int, int] | None = None,
-) -> list[str]:
-    """What is wrong with a frame size (and count) for a model: sizes must be multiples of `multiple`
-    (its VAE's and patch's compression), counts `frame_stride`k+1, sizes within `max_size` if it has one.
-    Stock pipelines round such values silently or fail deep inside; vchain says so up front."""
-    errors = [
-        f"{name} must be a positive multiple of {multiple}, got {value}"
-        for name, value in (("height", height), ("width", width))
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % multiple
-    ]
-    if max_size is not None and not errors and (height > max_size[0] or width > max_size[1]):
-        errors.append(
-            f"height x width must be at most {max_size[0]}x{max_size[1]} (the transformer's sample size), "
-            f"got {height}x{width}"
-        )
-    if num_frames is not None and (num_frames - 1) % frame_stride:
-        errors.append(
-            f"num_frames must be {frame_stride}k+1 (1, {1 + frame_stride}, ..., {typical_frames}), got {num_frames}"
-        )
-    return errors
 
 
 def sample_video(pipeline, *, num_inference_steps: int, output_type: str, owner: str, **call):
@@ -255,6 +176,8 @@ class DiffusersVideoGenerator(TunableGenerator):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        if device is not None:
+            check_device(device)
         check_hub_options(variant=variant)
         source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json", revision=revision,
                                     cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # fmt: skip

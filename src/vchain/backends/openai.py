@@ -30,8 +30,16 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 
 from vchain import prompts
-from vchain._redact import redact, register_secret
+from vchain._redact import (
+    protect_logs,
+    redact,
+    register_secret,
+    register_url_secrets,
+    scrub_exception,
+    server_identity,
+)
 from vchain.accounting import report_request
+from vchain.backends._http import BoundedTransport, ResponseLimitError
 from vchain.config import describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError, RefusalError
 from vchain.images import UnreadableImageError, read_image
@@ -82,7 +90,14 @@ def make_client(
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 20:
         raise ConfigurationError(f"max_retries must be an integer from 0 to 20, got {max_retries!r}")
     register_secret(api_key)
-    return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+    register_url_secrets(base_url)
+    protect_logs()
+
+    # `timeout` bounds each attempt in total, not each read; answers are read bounded in size.
+    http_client = openai.DefaultHttpxClient(transport=BoundedTransport(timeout))
+    return openai.OpenAI(
+        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries, http_client=http_client
+    )
 
 
 def _is_number(value: object) -> bool:
@@ -128,18 +143,19 @@ class _OpenAIBackend:
             start = time.perf_counter()
             try:
                 return send(), time.perf_counter() - start
-            except (openai.APIStatusError, openai.APIConnectionError) as e:
+            except (openai.APIStatusError, openai.APIConnectionError, ResponseLimitError) as e:
                 seconds = time.perf_counter() - start
                 status = getattr(e, "status_code", None)
-                retryable = status is None or status in _RETRY_STATUS or status >= 500
-                report_request(
-                    model=self.model,
-                    outcome="failed",
-                    seconds=seconds,
-                    images_in=images_in,
-                    error=f"{type(e).__name__}: {e}",
+                if isinstance(e.__cause__, ResponseLimitError):
+                    e = e.__cause__
+                # An answer over a limit is not retried: the same request would bring it again.
+                retryable = not isinstance(e, ResponseLimitError) and (
+                    status is None or status in _RETRY_STATUS or status >= 500
                 )
+                report_request(model=self.model, outcome="failed", seconds=seconds, images_in=images_in,
+                               error=f"{type(e).__name__}: {e}")  # fmt: skip
                 if not retryable or attempt == self.max_retries:
+                    scrub_exception(e)  # it stays chained to vchain's error: its traceback must hold no key
                     if isinstance(e, openai.APIStatusError):
                         what = f"HTTP {status} from {self.base_url}: {server_message(e.response)}"
                     else:
@@ -150,7 +166,9 @@ class _OpenAIBackend:
         raise AssertionError("unreachable")
 
     def describe(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "model": self.model, **self._settings()}
+        # The server decides the answers as much as the model name does (another host, another model).
+        return {"class": type(self).__name__, "model": self.model, "server": server_identity(self.base_url),
+                **self._settings()}  # fmt: skip
 
     def _settings(self) -> dict[str, Any]:
         return {}

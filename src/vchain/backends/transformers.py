@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import time
@@ -37,7 +38,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_request
-from vchain.config import describe_errors
+from vchain.config import check_device, describe_errors
 from vchain.errors import BackendError, ConfigurationError, MalformedResponseError
 from vchain.interfaces import ChatModel
 from vchain.judging import ChatJudge
@@ -183,6 +184,8 @@ class TransformersChatModel(ChatModel):
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
         dtype = _dtype(dtype if dtype is not None else torch_dtype)
+        if device is not None:
+            check_device(device)
         check_hub_options(variant=variant)
         source = resolve_pretrained(model_id, what="reasoner weights", marker="config.json", argument="model_id",
                                     revision=revision, cache_dir=cache_dir, token=token,
@@ -302,6 +305,9 @@ class TransformersChatModel(ChatModel):
             "class": type(self).__name__,
             "model": self.model_id,
             **({"weights": self.weights} if self.weights else {}),
+            # Which folder the weights came from: two checkpoints that share a folder name are two models and
+            # must not share a run's chain or a judge's scores. A digest, so no record holds a local path.
+            "checkpoint": _checkpoint_identity(getattr(self.model, "name_or_path", "") or self.model_id),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
@@ -515,6 +521,14 @@ def _stop_tokens(model, tokenizer) -> list[int]:
     configured = [configured] if isinstance(configured, int) else list(configured or [])
     stops = [*configured, tokenizer.eos_token_id]
     return list(dict.fromkeys(token for token in stops if token is not None))
+
+
+def _checkpoint_identity(source: object) -> str:
+    """A hub id as is; a local folder as `folder:` and a digest of its resolved path."""
+    path = Path(str(source)).expanduser()
+    if not path.is_dir():
+        return str(source)
+    return "folder:" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
 def _model_name(model_id: object) -> str:

@@ -13,46 +13,21 @@ from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import Field
 
-from vchain.backends.diffusers_video import DiffusersVideoGenerator, frame_errors
-from vchain.config import Config
+from vchain.backends._configs import (
+    DEFAULT_MODEL,
+    WAN_LORA_TARGETS,
+    WanLoRAConfig,
+    WanSamplingConfig,
+    frame_errors,
+)
+from vchain.backends.diffusers_video import DiffusersVideoGenerator
 from vchain.errors import ConfigurationError
-from vchain.tuning import FlowMatchingObjective, LoRAConfig, LoRATuner
+from vchain.tuning import FlowMatchingObjective, LoRATuner
+
 
 # Every linear of every transformer block: self- and cross-attention projections and the feed-forward.
 # These are also the module names diffusers maps other Wan LoRA formats onto.
-WAN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
-DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-# Wan's VAE compresses 8x in space and 4x in time, and its transformer patches 2x2: frame sizes are
-# multiples of 16 and frame counts 4k+1. The loaded model's own factors are checked too.
-_SPATIAL, _TEMPORAL = 16, 4
-
-
-class WanSamplingConfig(Config):
-    """Sampling settings of `WanVideoGenerator`; checked against the model before anything runs."""
-
-    height: int = Field(480, gt=0, description="frame height in pixels, a multiple of 16")
-    width: int = Field(832, gt=0, description="frame width in pixels, a multiple of 16")
-    num_frames: int = Field(81, gt=0, description="frames per video, 4k+1 (81 = 5 s at 16 fps)")
-    num_inference_steps: int = Field(50, ge=1, le=1000, description="denoising steps")
-    guidance_scale: float = Field(5.0, ge=0, le=100, description="classifier-free guidance")
-    guidance_scale_2: float | None = Field(
-        None, ge=0, le=100, description="Wan2.2's low-noise expert guidance; None: same as guidance_scale"
-    )
-    negative_prompt: str | None = Field(None, description="the guidance negative; None encodes the empty prompt")
-    max_sequence_length: int = Field(512, ge=1, le=512, description="text tokens; tuning encodes with it too")
-    fps: int = Field(16, ge=1, le=240, description="frame rate of the written mp4")
-
-    def check(self, spatial_multiple: int = _SPATIAL, temporal_stride: int = _TEMPORAL) -> WanSamplingConfig:
-        """Raise `ConfigurationError` for sizes the model cannot render (it would round them silently)."""
-        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
-                              frame_stride=temporal_stride)  # fmt: skip
-        if errors:
-            raise ConfigurationError("invalid Wan sampling settings: " + "; ".join(errors))
-        return self
-
-
 class WanVideoGenerator(DiffusersVideoGenerator):
     """A Wan text-to-video model behind a diffusers `WanPipeline` (Wan2.1, or Wan2.2 with two experts).
 
@@ -82,11 +57,16 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
 
     def _checked(self, config: WanSamplingConfig) -> WanSamplingConfig:
-        return config.check(*self._multiples())
+        return config.check(*self._multiples(), self._max_size())
 
     def _multiples(self) -> tuple[int, int]:
         patch = self.pipeline.transformer.config.patch_size
         return self.pipeline.vae_scale_factor_spatial * patch[1], self.pipeline.vae_scale_factor_temporal
+
+    def _max_size(self) -> tuple[int, int]:
+        """The largest frame the rotary positions cover (Wan2.1/2.2: 16384 px a side; a tiny test model less)."""
+        side = self.pipeline.transformer.config.rope_max_seq_len * self._multiples()[0]
+        return side, side
 
     # -- sampling
 
@@ -127,7 +107,7 @@ class WanVideoGenerator(DiffusersVideoGenerator):
         return FlowMatchingObjective(float(shift or 1.0))
 
     def check_frame(self, height: int, width: int) -> None:
-        errors = frame_errors(height, width, self._multiples()[0])
+        errors = frame_errors(height, width, self._multiples()[0], max_size=self._max_size())
         if errors:
             raise ConfigurationError("invalid tuning size: " + "; ".join(errors))
 
@@ -147,14 +127,6 @@ class WanVideoGenerator(DiffusersVideoGenerator):
 
     def predict(self, denoiser, noisy, timestep, context) -> torch.Tensor:
         return denoiser(hidden_states=noisy, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
-
-
-class WanLoRAConfig(LoRAConfig):
-    """`LoRAConfig` with Wan's targets: every linear of every transformer block."""
-
-    target_modules: tuple[str, ...] | None = Field(
-        WAN_LORA_TARGETS, strict=False, min_length=1, description="module-name suffixes that get the LoRA"
-    )
 
 
 class WanLoRATuner(LoRATuner):

@@ -18,6 +18,7 @@ Kontext), and `vchain.testing.toy` (`ToyGenerator`, a tunable generator with no 
 from vchain.testing.demo import DEMO_CAPTIONS, DEMO_PROMPT, demo_pipeline
 from vchain.testing.fakes import DrawingImageBackend, ScriptedJudge, ScriptedReasoner, draw_image, example_plan
 from vchain.testing.openai_server import (
+    EchoAuthorization,
     FakeOpenAIServer,
     Fault,
     HtmlPage,
@@ -32,6 +33,7 @@ __all__ = [
     "DEMO_CAPTIONS",
     "DEMO_PROMPT",
     "DrawingImageBackend",
+    "EchoAuthorization",
     "FakeOpenAIServer",
     "Fault",
     "HtmlPage",

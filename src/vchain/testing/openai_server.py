@@ -81,6 +81,14 @@ class RawImage:
 
 
 @dataclass
+class EchoAuthorization:
+    """An error answer that echoes the request's Authorization header in its body and in a response header,
+    as a careless proxy does: whatever vchain records, prints or logs of it must hold no key."""
+
+    status: int = 401
+
+
+@dataclass
 class Reply:
     """A scripted chat answer. `content` is sent verbatim (malformed JSON included)."""
 
@@ -233,7 +241,9 @@ class FakeOpenAIServer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def queue(self, route: str, *entries: Reply | Fault | HtmlPage | RawImage | Image.Image) -> None:
+    def queue(
+        self, route: str, *entries: Reply | Fault | HtmlPage | RawImage | EchoAuthorization | Image.Image
+    ) -> None:
         if route not in self._scripts:
             raise ValueError(f"route must be one of {sorted(self._scripts)}, got {route!r}")
         with self._lock:
@@ -282,6 +292,10 @@ class FakeOpenAIServer:
                 if isinstance(entry, RawImage):
                     b64 = entry.b64 if entry.b64 is not None else base64.b64encode(entry.payload).decode()
                     return self._send(200, {"created": int(time.time()), "data": [{"b64_json": b64}]})
+                if isinstance(entry, EchoAuthorization):
+                    echo = headers.get("authorization", "")
+                    payload = {"error": {"message": f"invalid credentials: {echo}", "type": "auth_error"}}
+                    return self._send(entry.status, payload, {"X-Echo-Authorization": echo})
                 if isinstance(entry, Fault):
                     time.sleep(entry.delay)
                     if entry.status and entry.text is not None:
@@ -297,12 +311,14 @@ class FakeOpenAIServer:
                 image = entry if isinstance(entry, Image.Image) else _draw_for(body)
                 return self._send(200, _image_response(image, len(raw)))
 
-            def _send(self, status: int, payload: dict):
-                self._send_bytes(status, json.dumps(payload).encode(), "application/json")
+            def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None):
+                self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
-            def _send_bytes(self, status: int, data: bytes, content_type: str):
+            def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None):
                 try:
                     self.send_response(status)
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -45,7 +45,7 @@ def tiny_wan_pipeline(seed: int = 0, *, two_experts: bool = False):
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
             in_channels=16, out_channels=16,
             text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=64,  # 64 rotary positions: frames up to 1024 px
         )  # fmt: skip
 
     with torch.random.fork_rng(devices=[]):
