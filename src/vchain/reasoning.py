@@ -9,6 +9,7 @@ a caption whose edit then failed is not paid for again, and the last-keyframe fl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -84,6 +85,9 @@ class KeyframeAnswer(BaseModel):
     index: int = Field(ge=1)
     caption: str
     is_last: bool
+    time: float | None = Field(
+        None, ge=0, le=1, description="the keyframe's moment in the clip, if the reasoner gave it"
+    )
 
 
 class KeyframeCheck(BaseModel):
@@ -193,12 +197,13 @@ def reason(
         answer = loop.log.answers.get(index)
         if answer is None:
             composite = stitch(chain.images, config.composite_max_pixels)
-            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite)
-            answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last)
+            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite,
+                              accept=functools.partial(_check_time, chain))  # fmt: skip
+            answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last, time=reply.time)
             loop.log.record_answer(answer)
         else:
             logger.info("Keyframe %d: using the caption paid for earlier", index)
-        chain.append(answer.caption, loop.keyframe(chain, index, answer.caption))
+        chain.append(answer.caption, loop.keyframe(chain, index, answer.caption), answer.time)
         loop.log.commit(chain)
         if progress:
             progress(len(chain.images))
@@ -224,6 +229,15 @@ def check_reasoning(config: ReasoningConfig, reasoner: Reasoner, frame: tuple[in
         raise ConfigurationError(
             f"color_correction={config.color_correction} needs keyframes of at least {COLOR_BLOCK} pixels a "
             f"side, got {frame[0]}x{frame[1]}"
+        )
+
+
+def _check_time(chain: ThoughtChain, reply: NextKeyframe) -> None:
+    """A keyframe's time must not come before the chain's latest: an answer out of order is asked again."""
+    given = [t for t in chain.key_times if t is not None]
+    if reply.time is not None and given and reply.time < given[-1]:
+        raise MalformedResponseError(
+            f"time {reply.time!r} of keyframe {len(chain.images)} comes before the previous keyframe's {given[-1]!r}"
         )
 
 
@@ -422,7 +436,11 @@ class _Caller:
     def __init__(self, config: ReasoningConfig, meter: UsageMeter):
         self.config, self.meter = config, meter
 
-    def __call__(self, expected: type[T], step: str, index: int | None, backend, method: str, *args, **kwargs) -> T:
+    def __call__(
+        self, expected: type[T], step: str, index: int | None, backend, method: str, *args, accept=None, **kwargs
+    ) -> T:
+        """`backend.method(*args, **kwargs)` checked as `expected`; `accept(answer)` may raise
+        `MalformedResponseError` for an answer that is valid alone but not here (asked again too)."""
         where = f"{type(backend).__name__}.{method}()"
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
@@ -432,7 +450,10 @@ class _Caller:
                         answer = getattr(backend, method)(*args, **kwargs)
                     except ValidationError as e:
                         raise MalformedResponseError(f"{where} built an invalid answer: {describe_errors(e)}") from e
-                    return _checked(expected, answer, where)
+                    answer = _checked(expected, answer, where)
+                    if accept is not None:
+                        accept(answer)
+                    return answer
             except MalformedResponseError as e:
                 if attempt == attempts:
                     raise StageError(
