@@ -131,9 +131,9 @@ def even_times(count: int) -> list[float]:
     return [i / (count - 1) for i in range(count)]
 
 
-def check_times(times: object, count: int, name: str = "times") -> list[float]:
+def check_times(times: object, count: int, name: str = "times", *, starts_at_zero: bool = True) -> list[float]:
     """`times` as floats; a `ConfigurationError` naming `name` unless they are `count` finite fractions of the
-    clip, 0.0 first, non-decreasing, at most 1.0."""
+    clip, non-decreasing, at most 1.0, and (`starts_at_zero`) 0.0 first."""
     values = list(times) if isinstance(times, list | tuple) else None
     if values is None or len(values) != count:
         raise ConfigurationError(f"{name} must be a list of {count} values (one per image), got {times!r}")
@@ -146,7 +146,7 @@ def check_times(times: object, count: int, name: str = "times") -> list[float]:
             raise ConfigurationError(
                 f"{name} must be non-decreasing, got {name}[{i}]={value!r} after {name}[{i - 1}]={values[i - 1]!r}"
             )
-    if values and values[0] != 0:
+    if starts_at_zero and values and values[0] != 0:
         raise ConfigurationError(f"{name}[0] (the context frame) must be 0.0, got {values[0]!r}")
     return [float(value) for value in values]
 
