@@ -76,6 +76,7 @@ def test_vchain_guided_tunes_restores_the_base_and_a_rerun_reuses_everything(vac
         del vace.pipeline.preprocess_conditions
     assert out.ran == ("reasoning", "tuning", "sampling") and out.adapter is not None
     assert calls == [[0, 4, 8]] and again.ran == ()
+    assert VChainPipeline()(PROMPT, tmp_path, variant="vchain-guided").ran == ()  # a finished run needs no model
     assert torch.equal(before, vace.sample(PROMPT, seed=5, output_type="latent"))
 
 

@@ -66,7 +66,6 @@ GENERATOR_FAMILIES = {
     family.pipeline_class: family
     for family in (
         GeneratorFamily("Wan", "WanPipeline", "vchain.backends.wan", "WanVideoGenerator", "WanLoRATuner"),
-        GeneratorFamily("Wan VACE", "WanVACEPipeline", "vchain.backends.wan", "WanVACEVideoGenerator", "WanLoRATuner"),
         GeneratorFamily(
             "CogVideoX",
             "CogVideoXPipeline",
@@ -75,6 +74,7 @@ GENERATOR_FAMILIES = {
             "CogVideoXLoRATuner",
             dispatches_attention=False,
         ),
+        GeneratorFamily("Wan VACE", "WanVACEPipeline", "vchain.backends.wan", "WanVACEVideoGenerator", "WanLoRATuner"),
     )
 }
 DEFAULT_FAMILY = GENERATOR_FAMILIES["WanPipeline"]
