@@ -89,3 +89,15 @@ def test_the_manifest_records_the_times(tmp_path):
     pipe.think("An egg falls.", output_dir=tmp_path)
     record = json.loads((tmp_path / "manifest.json").read_text())["stages"]["reasoning"]
     assert (record["times"], record["times_from"]) == ([0.0, 0.25, 1.0], "reasoner")
+
+
+def test_an_openai_compatible_server_is_asked_for_times_and_they_reach_the_chain(server, client):
+    from vchain.backends.openai import OpenAIReasoner
+    from vchain.testing.openai_server import scripted_chat
+
+    server.chat_responder = scripted_chat(ScriptedReasoner(["impact", "splash"], times=[0.55, 0.7]))
+    chain = reason("An egg falls.", OpenAIReasoner(client=client), DrawingImageBackend(), CONFIG).chain
+    assert chain.times == [0.0, 0.55, 0.7] and chain.times_from == "reasoner"
+    keyframe_requests = [r for r in server.requests_to("chat") if "NextKeyframe" in json.dumps(r.body)]
+    schema = keyframe_requests[0].body["response_format"]["json_schema"]["schema"]
+    assert "time" in schema["properties"]
