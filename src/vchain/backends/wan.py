@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import Field
 
 from vchain.backends.diffusers_video import DiffusersVideoGenerator, frame_errors
+from vchain.chain import check_times
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.images import fit_to_frame
@@ -173,6 +174,10 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
     default_model = DEFAULT_VACE_MODEL
     what = "Wan VACE weights"
 
+    def __init__(self, pipeline, **settings: Any):
+        super().__init__(pipeline, **settings)
+        self._controls: dict[tuple, torch.Tensor] = {}
+
     @classmethod
     def _load(cls, source: dict, dtype: torch.dtype):
         from diffusers import AutoencoderKLWan, WanVACEPipeline
@@ -197,8 +202,6 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
     def conditioning(self, keyframes: Sequence[tuple[float, Image.Image]], config: WanSamplingConfig | None = None):
         """The pipeline's `video` and `mask` (PIL frames) that hold `keyframes` at their frames."""
         config = config or self.config
-        from vchain.chain import check_times
-
         keyframes = list(keyframes)
         if any(not isinstance(k, tuple | list) or len(k) != 2 for k in keyframes):
             raise ConfigurationError(f"keyframes must be (time, image) pairs, got {keyframes!r:.200}")
@@ -230,7 +233,7 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
         for one latent frame of `noisy`'s size; cached, since a tuning run asks for it at every step."""
         frames, height, width = noisy.shape[2], *(n * self.pipeline.vae_scale_factor_spatial for n in noisy.shape[3:])
         key = (frames, height, width, noisy.device, noisy.dtype)
-        cache = self.__dict__.setdefault("_controls", {})
+        cache = self._controls
         if key not in cache:
             pixels = (frames - 1) * self.pipeline.vae_scale_factor_temporal + 1
             video = torch.zeros(1, 3, pixels, height, width, device=noisy.device)
