@@ -85,8 +85,11 @@ def test_save_writes_the_paper_layout_and_load_round_trips(tmp_path):
         "context_frame",
         "concise_prompt",
         "key_frames",
+        "times",
+        "times_from",
     ]
     assert data[name]["key_frames"] == chain.key_frames
+    assert (data[name]["times"], data[name]["times_from"]) == ([0.0, 0.5, 1.0], "even")
 
     lines = (tmp_path / "metadata.csv").read_text().splitlines()
     assert lines[0] == '"file_name","text"'

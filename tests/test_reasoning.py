@@ -275,4 +275,4 @@ def test_configs_are_frozen_and_replace_checks():
 
 
 def test_next_keyframe_model_shape():
-    assert set(NextKeyframe.model_json_schema()["properties"]) == {"caption", "is_last"}
+    assert set(NextKeyframe.model_json_schema()["properties"]) == {"caption", "is_last", "time"}

@@ -3,7 +3,9 @@
 On disk a chain is the pair of artifacts the VChain paper describes, plus the images:
 
 - `chain.json`: `{"<name>": {"input_prompt", "thoughts", "consequences", "context_frame",
-  "concise_prompt", "key_frames"}}`,
+  "concise_prompt", "key_frames"}}`, plus vchain's `times` (each image's moment in the clip) and
+  `times_from` (`"reasoner"`, or `"even"` when the reasoner gave none); a file without them loads with
+  evenly spaced times,
 - `metadata.csv`: `"file_name","text"` rows pairing `<name>_<i>.png` with its caption (the Hugging Face
   ImageFolder convention, so the folder loads with `datasets.load_dataset("imagefolder", ...)`),
 - `<name>_0.png`, `<name>_1.png`, ...
@@ -17,10 +19,12 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -84,6 +88,14 @@ class NextKeyframe(_Answer):
     is_last: bool = Field(
         description="True when this keyframe completes the consequences, or nothing significant follows it."
     )
+    time: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="When in the clip this state is reached, as a fraction of the clip's length: 0 is the first "
+        "frame, 1 the last; never earlier than the previous keyframe.",
+    )
 
 
 class KeyframeVerdict(_Answer):
@@ -119,6 +131,34 @@ def check_prompt(prompt: object, name: str = "prompt") -> str:
     return prompt.strip()
 
 
+def even_times(count: int) -> list[float]:
+    """`count` evenly spaced moments from 0 to 1 (`numpy.linspace(0, 1, count)`): the times of a chain whose
+    reasoner gave none."""
+    if count == 1:
+        return [0.0]
+    return [i / (count - 1) for i in range(count)]
+
+
+def check_times(times: object, count: int, name: str = "times", *, starts_at_zero: bool = True) -> list[float]:
+    """`times` as floats; a `ConfigurationError` naming `name` unless they are `count` finite fractions of the
+    clip, non-decreasing, at most 1.0, and (`starts_at_zero`) 0.0 first."""
+    values = list(times) if isinstance(times, list | tuple) else None
+    if values is None or len(values) != count:
+        raise ConfigurationError(f"{name} must be a list of {count} values (one per image), got {times!r}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigurationError(f"{name}[{i}] must be a finite number, got {value!r}")
+        if not 0 <= value <= 1:
+            raise ConfigurationError(f"{name}[{i}] must be between 0 and 1 (a fraction of the clip), got {value!r}")
+        if i and value < values[i - 1]:
+            raise ConfigurationError(
+                f"{name} must be non-decreasing, got {name}[{i}]={value!r} after {name}[{i - 1}]={values[i - 1]!r}"
+            )
+    if starts_at_zero and values and values[0] != 0:
+        raise ConfigurationError(f"{name}[0] (the context frame) must be 0.0, got {values[0]!r}")
+    return [float(value) for value in values]
+
+
 class _ChainFields(BaseModel):
     """The fields of one `chain.json` entry, checked strictly when a chain is read back."""
 
@@ -130,8 +170,10 @@ class _ChainFields(BaseModel):
     context_frame: str
     concise_prompt: str
     key_frames: list[str]
+    times: list[float] | None = Field(None, strict=False)
+    times_from: Literal["reasoner", "even"] = "reasoner"
 
-    @field_validator("*", mode="after")
+    @field_validator("input_prompt", "thoughts", "consequences", "context_frame", "concise_prompt", "key_frames")
     @classmethod
     def _not_blank(cls, value, info):
         texts = value if isinstance(value, list) else [value]
@@ -146,6 +188,9 @@ class ThoughtChain:
 
     `images[0]` shows the context frame and pairs with `concise_prompt`; `images[i]` (i >= 1) pairs with
     `key_frames[i - 1]`. A chain under construction may hold the plan only (no images yet).
+
+    `key_times[i - 1]` is the moment the reasoner gave keyframe i (None: it gave none); `times` reads them
+    with the context frame's 0.0 in front, or evenly spaced times when any is missing.
     """
 
     input_prompt: str
@@ -156,6 +201,7 @@ class ThoughtChain:
     key_frames: list[str] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list, repr=False)
     name: str = ""
+    key_times: list[float | None] = field(default_factory=list)
 
     def __post_init__(self):
         self.input_prompt = check_prompt(self.input_prompt, "input_prompt")
@@ -167,6 +213,15 @@ class ThoughtChain:
                 f"a chain with {len(self.key_frames)} key_frames needs {len(self.key_frames) + 1} images "
                 f"(or none yet), got {len(self.images)}"
             )
+        if not self.key_times:
+            self.key_times = [None] * len(self.key_frames)
+        if len(self.key_times) != len(self.key_frames):
+            raise ConfigurationError(
+                f"key_times must hold one value (or None) per key frame, {len(self.key_frames)}, "
+                f"got {len(self.key_times)}"
+            )
+        if self.times_from == "reasoner":
+            check_times([0.0, *self.key_times], len(self.key_frames) + 1, "times")
 
     @classmethod
     def from_plan(cls, prompt: str, plan: ScenePlan) -> ThoughtChain:
@@ -183,6 +238,21 @@ class ThoughtChain:
         return " ".join(caption.strip() for caption in self.captions)
 
     @property
+    def times_from(self) -> Literal["reasoner", "even"]:
+        """Where `times` come from: the reasoner (it gave every keyframe's), or even spacing."""
+        return "reasoner" if self.key_frames and None not in self.key_times else "even"
+
+    @property
+    def times(self) -> list[float]:
+        """Each image's moment in the clip, a fraction of its length: 0.0 first, non-decreasing, at most 1.0.
+
+        The reasoner's times when it gave them all, else `linspace(0, 1, N)` over the N images.
+        """
+        if self.times_from == "reasoner":
+            return [0.0, *self.key_times]
+        return even_times(len(self.captions))
+
+    @property
     def file_names(self) -> list[str]:
         return [f"{self.name}_{i}.png" for i in range(len(self.captions))]
 
@@ -195,10 +265,15 @@ class ThoughtChain:
             )
         return list(zip(self.images, self.captions, strict=True))
 
-    def append(self, caption: str, image: Image.Image) -> None:
+    def append(self, caption: str, image: Image.Image, time: float | None = None) -> None:
+        """Add a keyframe; `time` is its moment in the clip, if the reasoner gave one."""
         if not self.images:
             raise VChainError("the first image (the context frame) must exist before a keyframe is appended")
+        if time is not None:
+            given = [t for t in self.key_times if t is not None]
+            check_times([0.0, *given, time], len(given) + 2, "times")
         self.key_frames.append(check_prompt(caption, "caption"))
+        self.key_times.append(time)
         self.images.append(image)
 
     def to_json(self) -> dict:
@@ -211,6 +286,8 @@ class ThoughtChain:
                 "context_frame": self.context_frame,
                 "concise_prompt": self.concise_prompt,
                 "key_frames": list(self.key_frames),
+                "times": self.times,
+                "times_from": self.times_from,
             }
         }
 
@@ -265,7 +342,12 @@ class ThoughtChain:
         ((name, entry),) = data.items()
         try:
             fields = _ChainFields.model_validate(entry)
-            chain = cls(name=name, **fields.model_dump())
+            plan = fields.model_dump(exclude={"times", "times_from"})
+            chain = cls(name=name, **plan)
+            if fields.times is not None:
+                times = check_times(fields.times, len(fields.key_frames) + 1, "times")
+                if fields.times_from == "reasoner":
+                    chain.key_times = times[1:]
         except (ValidationError, ConfigurationError) as e:
             raise VChainError(f"{str(path)!r} does not hold the chain layout: {_first_errors(e)}; {redo}") from e
         first = directory / chain.file_names[0]

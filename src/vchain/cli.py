@@ -497,6 +497,16 @@ def cmd_generate(args) -> int:
         sampling_only = ("num_inference_steps", "guidance_scale", "seed", *ACCELERATION_OPTIONS)
         _refuse_unused(args, sampling_only, f"{why} interpolates the keyframes")
     generation = _Generation(args)
+    if spec.guided:
+        from vchain.interfaces import KeyframeConditionedGenerator
+
+        if not issubclass(generation.family.generator_class(), KeyframeConditionedGenerator):
+            raise ConfigurationError(
+                f"--variant {spec.name} places the keyframes in the video, which needs a keyframe-conditioned "
+                f"model (a WanVACEPipeline checkpoint such as Wan-AI/Wan2.1-VACE-1.3B-diffusers); --model "
+                f"{generation.model or generation.family.generator_class().default_model!r} is a "
+                f"{generation.family.pipeline_class}"
+            )
     search = _Search(args)
     if search.config is not None:
         from vchain.search import check_applies

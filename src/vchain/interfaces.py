@@ -283,6 +283,28 @@ class VideoGenerator(Component):
         return None
 
 
+class KeyframeConditionedGenerator(VideoGenerator):
+    """A video generator that can be told what chosen frames show: keyframes placed at their moments.
+
+    The `keyframe-guided` and `vchain-guided` variants sample through it.
+    """
+
+    @abstractmethod
+    def sample(
+        self,
+        prompt: str,
+        *,
+        keyframes: Sequence[tuple[float, Image.Image]] = (),
+        seed: int | None = None,
+        **overrides,
+    ) -> list[Image.Image]:
+        """Sample one video for `prompt` that shows each `(time, image)` of `keyframes` at its moment.
+
+        A time is a fraction of the clip (0 the first frame, 1 the last); with no keyframes this is plain
+        text-to-video. `overrides` replace sampling settings for this call only.
+        """
+
+
 class TunableGenerator(VideoGenerator):
     """A video generator that a `vchain.tuning.LoRATuner` can tune: the generator side of stage 2.
 

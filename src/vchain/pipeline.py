@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from vchain.interfaces import (
     ImageBackend,
     Interpolator,
     Judge,
+    KeyframeConditionedGenerator,
     Reasoner,
     Tuner,
     VideoGenerator,
@@ -242,6 +244,8 @@ class VChainPipeline:
             )
         search = check_search(search, self.judge, check_seed(seed))
         if search is not None:
+            if spec.guided:
+                raise ConfigurationError(f"search applies to the unguided variants, not to {variant!r}")
             check_applies(search, spec, output_dir, stop_after)
         return self._run(prompt, output_dir, variant, seed=seed, last=stop_after, overwrite=overwrite, search=search)
 
@@ -290,7 +294,8 @@ class VChainPipeline:
                     out.prompt, out.chain, out.adapter = rendered.prompt, rendered.chain, rendered.adapter
                 else:
                     out.prompt = out.prompt or (self.composite_prompt(out.chain) if out.chain else prompt)
-                    rendered = self._sample_step(run, out.prompt, out.adapter, out.chain, seed)
+                    keyframes = list(zip(out.chain.times, out.chain.images, strict=True)) if spec.guided else None
+                    rendered = self._sample_step(run, out.prompt, out.adapter, out.chain, seed, keyframes)
                 # One source of frames: with a folder they are the video's as written, so a metric on
                 # `out.frames` does not depend on whether this call sampled or reused the stage.
                 ran = "sampling" in run.ran and run.path is not None
@@ -334,6 +339,8 @@ class VChainPipeline:
             check_reasoning(self.reasoning, self.reasoner, keyframe_frame(self.reasoning, self.generator))
         if "tuning" in stages and self.tuner is not None and self.generator is not None:
             self.tuner.check(self.generator)
+        if spec.guided and "sampling" in stages and self.generator is not None:
+            check_keyframe_conditioned(self.generator, spec.name)
         augments = "reasoning" in stages and spec.reasoning == "augment" and self.reasoner is not None
         if augments and not self.reasoner.supports("augment_prompt") and not run.finished("reasoning", None):
             raise ConfigurationError(
@@ -437,16 +444,21 @@ class VChainPipeline:
                              f"{type(adapter).__name__}", stage="tuning")  # fmt: skip
         return adapter
 
-    def _sample_step(self, run, text: str, adapter: Adapter | None, chain, seed: int | None) -> Rendered:
+    def _sample_step(self, run, text: str, adapter: Adapter | None, chain, seed: int | None,
+                     keyframes: list[tuple[float, Image.Image]] | None = None) -> Rendered:  # fmt: skip
+        """Sample the video; `keyframes` (time, image) are placed at their moments (the guided variants)."""
         inputs = None
         if self.generator is not None:
             inputs = {
                 "prompt": text, "seed": seed, "generator": self.generator.describe(),
                 "adapter": run.record("tuning").fingerprint if adapter is not None else None,
             }  # fmt: skip
+            if keyframes is not None:
+                inputs["keyframes"] = [{"time": t, "image": image_digest(image)} for t, image in keyframes]
+        conditions = {} if keyframes is None else {"keyframes": keyframes}
 
         def compute(record) -> Rendered:
-            rendered = render(self.generator, text, adapter, seed=seed)
+            rendered = render(self.generator, text, adapter, seed=seed, **conditions)
             rendered.seconds["save"] = run.write_video(rendered.frames, self.generator.fps)
             record.seconds = rendered.seconds
             record.prompt, record.seed, record.frames = text, seed, len(rendered.frames)
@@ -508,6 +520,22 @@ class VChainPipeline:
         from tqdm.auto import tqdm
 
         return tqdm(**{"leave": False, **kwargs, **self._progress})
+
+
+def check_keyframe_conditioned(generator: object, variant: str) -> None:
+    """A guided variant samples with the keyframes placed: its generator must take them."""
+    if not isinstance(generator, KeyframeConditionedGenerator):
+        raise ConfigurationError(
+            f"variant {variant!r} places the keyframes in the video, which needs a keyframe-conditioned generator "
+            f"(e.g. WanVACEVideoGenerator, --model Wan-AI/Wan2.1-VACE-1.3B-diffusers); got {type(generator).__name__}"
+        )
+
+
+def image_digest(image: Image.Image) -> str:
+    """sha256 of an image's size, mode and pixels: what a sampling fingerprint records of a keyframe."""
+    digest = hashlib.sha256(f"{image.size}{image.mode}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def check_seed(seed: object) -> int | None:

@@ -49,6 +49,11 @@ unless the consequences change them.
 Set is_last to true when this keyframe completes the consequences, or when nothing significant \
 would happen after it. Otherwise set it to false.
 
+Set time to when in the clip this keyframe's state is reached, as a fraction of the clip's length: 0 is \
+the first frame (keyframe 0), 1 the last. Pace it as the events would take in reality: a long fall puts \
+the impact late, a quick splash follows the impact closely. A time is never earlier than the previous \
+keyframe's.
+
 Answer in the requested JSON structure."""
 
 NEXT_KEYFRAME_USER = """\
@@ -58,6 +63,8 @@ Consequences the video must show: {consequences}
 
 Keyframe captions so far, in order:
 {captions}
+
+Their times in the clip: {times}
 
 The attached image tiles the {count} keyframe(s) so far, numbered from 0. Describe keyframe {next_index}."""
 
@@ -187,6 +194,7 @@ def next_keyframe_messages(chain: ThoughtChain, composite: Image.Image) -> list[
         prompt=chain.input_prompt,
         consequences=chain.consequences,
         captions=format_captions(chain.captions),
+        times=", ".join("?" if t is None else f"{t:.2f}" for t in [0.0, *chain.key_times]),
         count=len(chain.images),
         next_index=len(chain.images),
     )

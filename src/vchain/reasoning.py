@@ -9,6 +9,7 @@ a caption whose edit then failed is not paid for again, and the last-keyframe fl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -86,6 +87,9 @@ class KeyframeAnswer(BaseModel):
     is_last: bool
     image_sha256: str | None = Field(
         None, description="sha256 of the keyframe's PNG once drawn: a resume adopts that file instead of paying again"
+    )
+    time: float | None = Field(
+        None, ge=0, le=1, description="the keyframe's moment in the clip, if the reasoner gave it"
     )
 
 
@@ -199,14 +203,15 @@ def reason(
         answer = loop.log.answers.get(index)
         if answer is None:
             composite = stitch(chain.images, config.composite_max_pixels)
-            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite)
-            answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last)
+            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite,
+                              accept=functools.partial(_check_time, chain))  # fmt: skip
+            answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last, time=reply.time)
             loop.log.record_answer(answer)
         else:
             logger.info("Keyframe %d: using the caption paid for earlier", index)
         image = loop.keyframe(chain, index, answer.caption)
         loop.log.record_drawn(answer, image)
-        chain.append(answer.caption, image)
+        chain.append(answer.caption, image, answer.time)
         loop.log.commit(chain)
         if progress:
             progress(len(chain.images))
@@ -232,6 +237,15 @@ def check_reasoning(config: ReasoningConfig, reasoner: Reasoner, frame: tuple[in
         raise ConfigurationError(
             f"color_correction={config.color_correction} needs keyframes of at least {COLOR_BLOCK} pixels a "
             f"side, got {frame[0]}x{frame[1]}"
+        )
+
+
+def _check_time(chain: ThoughtChain, reply: NextKeyframe) -> None:
+    """A keyframe's time must not come before the chain's latest: an answer out of order is asked again."""
+    given = [t for t in chain.key_times if t is not None]
+    if reply.time is not None and given and reply.time < given[-1]:
+        raise MalformedResponseError(
+            f"time {reply.time!r} of keyframe {len(chain.images)} comes before the previous keyframe's {given[-1]!r}"
         )
 
 
@@ -430,7 +444,11 @@ class _Caller:
     def __init__(self, config: ReasoningConfig, meter: UsageMeter):
         self.config, self.meter = config, meter
 
-    def __call__(self, expected: type[T], step: str, index: int | None, backend, method: str, *args, **kwargs) -> T:
+    def __call__(
+        self, expected: type[T], step: str, index: int | None, backend, method: str, *args, accept=None, **kwargs
+    ) -> T:
+        """`backend.method(*args, **kwargs)` checked as `expected`; `accept(answer)` may raise
+        `MalformedResponseError` for an answer that is valid alone but not here (asked again too)."""
         where = f"{type(backend).__name__}.{method}()"
         attempts = self.config.max_attempts
         for attempt in range(1, attempts + 1):
@@ -440,7 +458,10 @@ class _Caller:
                         answer = getattr(backend, method)(*args, **kwargs)
                     except ValidationError as e:
                         raise MalformedResponseError(f"{where} built an invalid answer: {describe_errors(e)}") from e
-                    return _checked(expected, answer, where)
+                    answer = _checked(expected, answer, where)
+                    if accept is not None:
+                        accept(answer)
+                    return answer
             except MalformedResponseError as e:
                 if attempt == attempts:
                     raise StageError(

@@ -96,6 +96,8 @@ class StageRecord(BaseModel):
 class ReasoningRecord(StageRecord):
     keyframes: int = 0
     stop_reason: StopReason | None = None
+    times: list[float] = Field([], description="each keyframe's moment in the clip (chain.times)")
+    times_from: Literal["reasoner", "even"] | None = Field(None, description="who chose the times")
     answers: list[KeyframeAnswer] = Field([], description="every paid perception answer, by keyframe")
     checks: list[KeyframeCheck] = Field([], description="every paid verdict on a keyframe draw, in order")
     corrections: dict[int, ColorCorrection] = Field({}, description="the colour correction of each keyframe")
@@ -136,6 +138,8 @@ class RoundRecord(BaseModel):
     tuned: bool = False
     keyframes: int = 0
     stop_reason: StopReason | None = None
+    times: list[float] = []
+    times_from: Literal["reasoner", "even"] | None = None
     answers: list[KeyframeAnswer] = []
     checks: list[KeyframeCheck] = []
     corrections: dict[int, ColorCorrection] = {}
@@ -334,6 +338,7 @@ class RunDirectory:
         record = manifest.stages.reasoning
         record.status, record.fingerprint, record.inputs = "done", IMPORTED, {"imported": True}
         record.keyframes = len(chain.images)
+        record.times, record.times_from = chain.times, chain.times_from
         record.outputs = self._digests(chain_files(chain))
         logger.info("Imported the chain in %s (%d keyframes) as finished reasoning", self.path, len(chain.images))
 
@@ -768,6 +773,7 @@ class _FolderReasoningLog(ReasoningLog):
     def commit(self, chain: ThoughtChain) -> None:
         chain.save(self.run.path / self.folder)
         self.record.keyframes = len(chain.images)
+        self.record.times, self.record.times_from = chain.times, chain.times_from
 
 
 class NullRun:

@@ -1,4 +1,6 @@
-"""The paper's Table 1 as data: what each baseline, ablation and the full method runs."""
+"""The paper's Table 1 as data: what each baseline, ablation and the full method runs; and two variants that
+place the keyframes at their moments in a keyframe-conditioned generator (`keyframe-guided`, training-free,
+and `vchain-guided`, tuned as well)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class Variant:
         reasoning: `"chain"` (keyframes and captions), `"augment"` (a rewritten prompt) or None.
         tuning: whether the generator is tuned on the keyframes.
         render: who makes the frames: the generator, or the interpolator from the keyframes.
+        guided: the generator samples with the keyframes placed at their times (a
+            `KeyframeConditionedGenerator` such as `WanVACEVideoGenerator`).
     """
 
     name: str
@@ -25,6 +29,7 @@ class Variant:
     reasoning: Literal["chain", "augment"] | None
     tuning: bool
     render: Literal["generator", "interpolator"]
+    guided: bool = False
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -54,8 +59,14 @@ VARIANTS: dict[str, Variant] = {
                 "chain", False, "interpolator"),
         Variant("vchain", "reasoning, sparse tuning on the keyframes, sampling from the composite prompt",
                 "chain", True, "generator"),
+        Variant("keyframe-guided", "reasoning; the keyframes placed at their moments in a keyframe-conditioned "
+                "generator (VACE), no tuning", "chain", False, "generator", guided=True),
+        Variant("vchain-guided", "reasoning, sparse tuning on the keyframes, then sampling with them placed at their "
+                "moments", "chain", True, "generator", guided=True),
     )
 }  # fmt: skip
+# The five rows of the paper's Table 1, in its order.
+TABLE_1 = ("t2v", "t2v-prompt-aug", "no-visual-thought", "no-sparse-tuning", "vchain")
 
 
 def get_variant(name: object) -> Variant:

@@ -94,6 +94,15 @@ GENERATOR_FAMILIES = {
             "CogVideoXLoRAConfig",
             dispatches_attention=False,
         ),
+        GeneratorFamily(
+            "Wan VACE",
+            "WanVACEPipeline",
+            "vchain.backends.wan",
+            "WanVACEVideoGenerator",
+            "WanLoRATuner",
+            "WanSamplingConfig",
+            "WanLoRAConfig",
+        ),
     )
 }
 DEFAULT_FAMILY = GENERATOR_FAMILIES["WanPipeline"]
@@ -112,25 +121,30 @@ def generator_family(model_id: str | Path | None) -> GeneratorFamily:
     source = resolve_pretrained(
         model_id, what="video generator weights", marker="model_index.json", argument="--model"
     )
-    folder = Path(source["pretrained_model_name_or_path"])
-    if folder.is_dir():
-        index = folder / "model_index.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        index = Path(
-            hf_hub_download(str(model_id), "model_index.json", local_files_only=source.get("local_files_only", False))
-        )
-    try:
-        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError, AttributeError) as e:
-        raise ConfigurationError(f"{str(index)!r} is not a readable model_index.json: {e}") from e
+    name = checkpoint_class(model_id, source)
     if name not in GENERATOR_FAMILIES:
         supported = ", ".join(f"{f.pipeline_class} ({f.name})" for f in GENERATOR_FAMILIES.values())
         raise ConfigurationError(
             f"--model {str(model_id)!r} is a {name!r} checkpoint; vchain generates with {supported}"
         )
     return GENERATOR_FAMILIES[name]
+
+
+def checkpoint_class(model_id: str | Path, source: dict) -> str | None:
+    """The diffusers pipeline class a checkpoint names (`_class_name` of its `model_index.json`), from what
+    `vchain._hub.resolve_pretrained` found; only that file is downloaded for a hub id that is not cached."""
+    folder = Path(source["pretrained_model_name_or_path"])
+    if folder.is_dir():
+        index = folder / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        hub = {k: source[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in source}
+        index = Path(hf_hub_download(str(model_id), "model_index.json", **hub))
+    try:
+        return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigurationError(f"{str(index)!r} is not a readable model_index.json: {e}") from e
 
 
 def family_of_generator(class_name: str | None) -> GeneratorFamily:

@@ -181,6 +181,7 @@ class DiffusersVideoGenerator(TunableGenerator):
         check_hub_options(variant=variant)
         source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json", revision=revision,
                                     cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # fmt: skip
+        cls._check_checkpoint(model_id, source)
         try:
             pipeline = cls._load({**source, **({"variant": variant} if variant else {})}, dtype)
         except (OSError, ValueError) as e:
@@ -189,6 +190,21 @@ class DiffusersVideoGenerator(TunableGenerator):
         generator.model_id = str(model_id)
         generator.weights = weights_identity(source, "model_index.json", variant)
         return generator.to(device) if device is not None else generator
+
+    @classmethod
+    def _check_checkpoint(cls, model_id: str, source: dict) -> None:
+        """Refuse a checkpoint of another pipeline class before its weights load (a VACE checkpoint is not a
+        plain text-to-video one, nor the reverse)."""
+        from vchain.backends import GENERATOR_FAMILIES, checkpoint_class
+
+        name = checkpoint_class(model_id, source)
+        if name != cls.pipeline_class:
+            family = GENERATOR_FAMILIES.get(name)
+            hint = f"; load it with {family.generator}" if family is not None else ""
+            raise ConfigurationError(
+                f"model_id {str(model_id)!r} is a {name!r} checkpoint, but {cls.__name__} wraps a "
+                f"{cls.pipeline_class}{hint}"
+            )
 
     @classmethod
     def _load(cls, source: dict, dtype: torch.dtype):
@@ -269,8 +285,11 @@ class DiffusersVideoGenerator(TunableGenerator):
     def sample(self, prompt: str, *, seed: int | None = None, output_type: str = "pil", **overrides: Any):
         """Sample one video: PIL frames (`output_type="pil"`), float frames (`"np"`) or latents (`"latent"`),
         with the acceleration switches on for the call."""
-        config = self.sampling_config(**overrides)
-        call = self._call_arguments(prompt, config)
+        return self._sample(prompt, self.sampling_config(**overrides), seed=seed, output_type=output_type)
+
+    def _sample(self, prompt: str, config, *, seed: int | None, output_type: str, **conditions: Any):
+        """One pipeline call with checked settings; `conditions` are extra pipeline keywords (a family's own)."""
+        call = {**self._call_arguments(prompt, config), **conditions}
         if self.offload_text_encoder:
             call = self._with_prompt_embeddings(call)
         with self.accelerated():

@@ -3,11 +3,13 @@
 `WanVideoGenerator` wraps a diffusers `WanPipeline` and implements `TunableGenerator`: keyframes become
 normalised one-frame VAE latents, captions UMT5 embeddings at sampling's sequence length, the objective
 is Wan's flow matching with the scheduler's shift, and Wan2.2's two experts each serve their noise
-levels. `WanLoRATuner` is the generic tuner with Wan's LoRA targets.
+levels. `WanVACEVideoGenerator` wraps a `WanVACEPipeline` (Wan2.1-VACE) and also samples with keyframes
+placed at their moments. `WanLoRATuner` is the generic tuner with Wan's LoRA targets.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +24,18 @@ from vchain.backends._configs import (
     frame_errors,
 )
 from vchain.backends.diffusers_video import DiffusersVideoGenerator
+from vchain.chain import check_times
 from vchain.errors import ConfigurationError
+from vchain.images import fit_to_frame
+from vchain.interfaces import KeyframeConditionedGenerator
 from vchain.tuning import FlowMatchingObjective, LoRATuner
 
+DEFAULT_VACE_MODEL = "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
+# VACE reads mid-grey as "nothing here": frames to generate hold it, so their reactive latents carry no content.
+_GREY = (128, 128, 128)
+logger = logging.getLogger(__name__)
 
-# Every linear of every transformer block: self- and cross-attention projections and the feed-forward.
-# These are also the module names diffusers maps other Wan LoRA formats onto.
+
 class WanVideoGenerator(DiffusersVideoGenerator):
     """A Wan text-to-video model behind a diffusers `WanPipeline` (Wan2.1, or Wan2.2 with two experts).
 
@@ -127,6 +135,93 @@ class WanVideoGenerator(DiffusersVideoGenerator):
 
     def predict(self, denoiser, noisy, timestep, context) -> torch.Tensor:
         return denoiser(hidden_states=noisy, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+
+
+class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
+    """Wan2.1-VACE behind a diffusers `WanVACEPipeline`: text-to-video that can hold keyframes at their moments.
+
+    `sample(prompt, keyframes=[(time, image), ...])` fits each image to the frame and places it at frame
+    `round(time * (num_frames - 1))` of the conditioning `video`, with the `mask` black (keep) there and
+    white (generate) elsewhere; the other frames are mid-grey. Without keyframes it is plain text-to-video.
+    It is tuned like `WanVideoGenerator` (same targets, objective and encoders); during tuning the VACE
+    branch sees the empty conditioning (an all-white mask), as in text-to-video sampling.
+
+    Args: as `WanVideoGenerator`; `from_pretrained` defaults to `Wan-AI/Wan2.1-VACE-1.3B-diffusers`.
+    """
+
+    pipeline_class = "WanVACEPipeline"
+    default_model = DEFAULT_VACE_MODEL
+    what = "Wan VACE weights"
+
+    def __init__(self, pipeline, **settings: Any):
+        super().__init__(pipeline, **settings)
+        self._controls: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def _load(cls, source: dict, dtype: torch.dtype):
+        from diffusers import AutoencoderKLWan, WanVACEPipeline
+
+        vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
+        return WanVACEPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
+
+    def sample(
+        self,
+        prompt: str,
+        *,
+        keyframes: Sequence[tuple[float, Image.Image]] = (),
+        seed: int | None = None,
+        output_type: str = "pil",
+        **overrides: Any,
+    ):
+        """Sample one video with each `(time, image)` of `keyframes` held at its frame (see the class)."""
+        config = self.sampling_config(**overrides)
+        conditions = self.conditioning(keyframes, config) if keyframes else {}
+        return self._sample(prompt, config, seed=seed, output_type=output_type, **conditions)
+
+    def conditioning(self, keyframes: Sequence[tuple[float, Image.Image]], config: WanSamplingConfig | None = None):
+        """The pipeline's `video` and `mask` (PIL frames) that hold `keyframes` at their frames."""
+        config = config or self.config
+        keyframes = list(keyframes)
+        if any(not isinstance(k, tuple | list) or len(k) != 2 for k in keyframes):
+            raise ConfigurationError(f"keyframes must be (time, image) pairs, got {keyframes!r:.200}")
+        check_times([t for t, _ in keyframes], len(keyframes), "keyframe times", starts_at_zero=False)
+        size = (config.width, config.height)
+        video = [Image.new("RGB", size, _GREY) for _ in range(config.num_frames)]
+        mask = [Image.new("L", size, 255) for _ in range(config.num_frames)]
+        placed: dict[int, float] = {}
+        for time, image in keyframes:
+            if not isinstance(image, Image.Image):
+                raise ConfigurationError(f"keyframe at time {time} must be a PIL image, got {type(image).__name__}")
+            frame = round(time * (config.num_frames - 1))
+            if frame in placed:
+                logger.warning("Keyframes at times %s and %s share frame %d; the later one is kept",
+                               placed[frame], time, frame)  # fmt: skip
+            placed[frame] = time
+            video[frame] = fit_to_frame(image.convert("RGB"), config.width, config.height)
+            mask[frame] = Image.new("L", size, 0)
+        return {"video": video, "mask": mask}
+
+    def predict(self, denoiser, noisy, timestep, context) -> torch.Tensor:
+        control = self._empty_control(noisy).expand(noisy.shape[0], -1, -1, -1, -1)
+        return denoiser(hidden_states=noisy, timestep=timestep, encoder_hidden_states=context,
+                        control_hidden_states=control, return_dict=False)[0]  # fmt: skip
+
+    @torch.no_grad()
+    def _empty_control(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The VACE branch's input for no conditioning (zero video, all-white mask), as the pipeline builds it
+        for one latent frame of `noisy`'s size; cached, since a tuning run asks for it at every step."""
+        frames, height, width = noisy.shape[2], *(n * self.pipeline.vae_scale_factor_spatial for n in noisy.shape[3:])
+        key = (frames, height, width, noisy.device, noisy.dtype)
+        cache = self._controls
+        if key not in cache:
+            pixels = (frames - 1) * self.pipeline.vae_scale_factor_temporal + 1
+            video = torch.zeros(1, 3, pixels, height, width, device=noisy.device)
+            mask = torch.ones_like(video)
+            latents = self.pipeline.prepare_video_latents(video, mask, [[]], device=noisy.device)
+            masks = self.pipeline.prepare_masks(mask, [[]])
+            cache.clear()
+            cache[key] = torch.cat([latents, masks.to(latents)], dim=1).to(noisy.dtype)
+        return cache[key]
 
 
 class WanLoRATuner(LoRATuner):

@@ -6,7 +6,8 @@
 - `FakeOpenAIServer`: a local OpenAI-compatible HTTP server (127.0.0.1, free port) for the real `openai`
   client: chat completions with structured output and image inputs, image generations and edits,
   served from scripts, with every request recorded and faults injectable.
-- `tiny_wan_pipeline()`: a tiny random diffusers `WanPipeline`, built without any download.
+- `tiny_wan_pipeline()`: a tiny random diffusers `WanPipeline`, built without any download;
+  `tiny_wan_vace_pipeline()` the same for `WanVACEPipeline`.
 - `demo_pipeline()`: all of the above composed into a `VChainPipeline` (what `vchain demo` runs).
 
 More tiny models live in their own modules, imported when wanted (each pulls in diffusers or
@@ -27,7 +28,7 @@ from vchain.testing.openai_server import (
     Reply,
     scripted_chat,
 )
-from vchain.testing.tiny import tiny_tokenizer, tiny_wan_pipeline
+from vchain.testing.tiny import tiny_tokenizer, tiny_wan_pipeline, tiny_wan_vace_pipeline
 
 __all__ = [
     "DEMO_CAPTIONS",
@@ -48,4 +49,5 @@ __all__ = [
     "scripted_chat",
     "tiny_tokenizer",
     "tiny_wan_pipeline",
+    "tiny_wan_vace_pipeline",
 ]

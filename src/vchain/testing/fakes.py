@@ -33,6 +33,7 @@ class ScriptedReasoner(Reasoner):
         augmented: what `augment_prompt` returns (`"{prompt}"` is replaced by the prompt).
         verdicts: what `verify_keyframe` answers, in order (then every keyframe matches).
         revisions: what `revise` answers, in order; then a plan that names the revision and its critique.
+        times: each caption's moment in the clip (answered with it); None gives no times.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class ScriptedReasoner(Reasoner):
         augmented: str = "{prompt}, in rich physical detail.",
         verdicts: Sequence[KeyframeVerdict] = (),
         revisions: Sequence[ScenePlan] = (),
+        times: Sequence[float | None] | None = None,
     ):
         if not captions:
             raise ValueError("captions must hold at least one keyframe caption, got none")
@@ -53,6 +55,7 @@ class ScriptedReasoner(Reasoner):
         self.augmented = augmented
         self.verdicts = list(verdicts)
         self.revisions = list(revisions)
+        self.times = None if times is None else list(times)
         self.calls: list[tuple[str, Any]] = []
 
     def plan(self, prompt: str) -> ScenePlan:
@@ -61,8 +64,11 @@ class ScriptedReasoner(Reasoner):
 
     def answer(self, index: int) -> NextKeyframe:
         """The script's answer for keyframe `index + 1` (the caption after `index` keyframe captions)."""
-        caption = self.captions[min(index, len(self.captions) - 1)]
-        return NextKeyframe(caption=caption, is_last=self.flag_last and index >= len(self.captions) - 1)
+        position = min(index, len(self.captions) - 1)
+        time = None if self.times is None else self.times[min(index, len(self.times) - 1)]
+        return NextKeyframe(
+            caption=self.captions[position], is_last=self.flag_last and index >= len(self.captions) - 1, time=time
+        )
 
     def next_keyframe(self, chain: ThoughtChain, composite: Image.Image) -> NextKeyframe:
         self.calls.append(("next_keyframe", len(chain.key_frames)))

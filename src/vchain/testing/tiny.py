@@ -70,3 +70,31 @@ def tiny_wan_pipeline(seed: int = 0, *, two_experts: bool = False):
         if module is not None:
             module.eval()
     return pipeline
+
+
+def tiny_wan_vace_pipeline(seed: int = 0):
+    """A tiny random diffusers `WanVACEPipeline` (Wan2.1-VACE's architecture), built as `tiny_wan_pipeline`.
+
+    The VACE branch reads 96 channels: the inactive and reactive video latents (2 x 16) and the mask folded
+    8 x 8 into 64, as the pipeline builds them for the tiny VAE's 8x spatial compression.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
+
+    base = tiny_wan_pipeline(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanVACETransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+            in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=3, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            vace_layers=[0, 2], vace_in_channels=96,
+        )  # fmt: skip
+    pipeline = WanVACEPipeline(
+        tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer,
+    )  # fmt: skip
+    pipeline.set_progress_bar_config(disable=True)
+    transformer.eval()
+    return pipeline
