@@ -80,23 +80,34 @@ def main(argv: list[str] | None = None) -> dict:
     print(_header(env, preset.note), flush=True)
     pipe = build_pipeline(preset, device)
     steps = args.sampling_steps or preset.steps
-    sampling = dict(height=preset.height, width=preset.width, num_frames=preset.num_frames,
-                    num_inference_steps=steps, max_sequence_length=preset.text_tokens)  # fmt: skip
+    sampling = dict(
+        height=preset.height,
+        width=preset.width,
+        num_frames=preset.num_frames,
+        num_inference_steps=steps,
+        max_sequence_length=preset.text_tokens,
+    )
     generator = WanVideoGenerator(pipe, **sampling)
     config = dict(pipe.transformer.config)
     results: dict = {"environment": env, "preset": args.preset, "sizes": sampling, "keyframes": preset.keyframes}
 
-    pairs = [(draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
-             for i in range(preset.keyframes)]  # fmt: skip
+    pairs = [
+        (draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
+        for i in range(preset.keyframes)
+    ]
     tune_steps = args.tune_steps or preset.tune_steps
     checkpointing = args.gradient_checkpointing or preset.gradient_checkpointing
     tuner = WanLoRATuner(steps=tune_steps, gradient_checkpointing=checkpointing)
     results["tuning"], adapter = _tuning(generator, tuner, pairs, config, preset, device)
 
     if not args.skip_sampling:
-        switches = dict(compile=args.compile, compile_backend=args.compile_backend,
-                        attention_backend=args.attention_backend, cache=args.cache,
-                        cache_threshold=args.cache_threshold)  # fmt: skip
+        switches = dict(
+            compile=args.compile,
+            compile_backend=args.compile_backend,
+            attention_backend=args.attention_backend,
+            cache=args.cache,
+            cache_threshold=args.cache_threshold,
+        )
         fast = WanVideoGenerator(pipe, **switches, **sampling) if _any(switches) else None
         results["sampling"] = _sampling(generator, fast, adapter, args.rounds, device, preset, steps)
         results["acceleration"] = switches if fast else None
@@ -182,10 +193,17 @@ def _sampling(generator, fast, adapter, rounds, device, preset, steps):
     pipe, config = generator.pipeline, generator.config
 
     def stock():
-        pipe(PROMPT, height=config.height, width=config.width, num_frames=config.num_frames,
-             num_inference_steps=steps, guidance_scale=config.guidance_scale,
-             max_sequence_length=config.max_sequence_length, generator=torch.Generator().manual_seed(0),
-             output_type="np")  # fmt: skip
+        pipe(
+            PROMPT,
+            height=config.height,
+            width=config.width,
+            num_frames=config.num_frames,
+            num_inference_steps=steps,
+            guidance_scale=config.guidance_scale,
+            max_sequence_length=config.max_sequence_length,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
 
     folder = Path(tempfile.mkdtemp(prefix="vchain-bench-lora-"))
     adapter.save(folder)
@@ -193,17 +211,24 @@ def _sampling(generator, fast, adapter, rounds, device, preset, steps):
     variants = {
         # The stock base model with no LoRA: vchain's merged model has exactly its modules and cost.
         "diffusers_no_lora": _Variant(stock),
-        "vchain": _Variant(lambda: generator.sample(PROMPT, seed=0, output_type="np"),
-                           lambda: applied.enter_context(adapter.apply(generator)), applied.close),
+        "vchain": _Variant(
+            lambda: generator.sample(PROMPT, seed=0, output_type="np"),
+            lambda: applied.enter_context(adapter.apply(generator)),
+            applied.close,
+        ),
         "diffusers": _Variant(stock, lambda: pipe.load_lora_weights(str(folder)), pipe.unload_lora_weights),
-        "diffusers_fused": _Variant(stock, lambda: (pipe.load_lora_weights(str(folder)), pipe.fuse_lora()),
-                                    lambda: (pipe.unfuse_lora(), pipe.unload_lora_weights())),
-    }  # fmt: skip
+        "diffusers_fused": _Variant(
+            stock,
+            lambda: (pipe.load_lora_weights(str(folder)), pipe.fuse_lora()),
+            lambda: (pipe.unfuse_lora(), pipe.unload_lora_weights()),
+        ),
+    }
     if fast is not None:
         variants["vchain_accelerated"] = _Variant(
             lambda: fast.sample(PROMPT, seed=0, output_type="np"),
-            lambda: applied.enter_context(adapter.apply(fast)), applied.close,
-        )  # fmt: skip
+            lambda: applied.enter_context(adapter.apply(fast)),
+            applied.close,
+        )
         stock_switches = contextlib.ExitStack()
 
         def enter_stock_accelerated():
@@ -212,9 +237,10 @@ def _sampling(generator, fast, adapter, rounds, device, preset, steps):
             stock_switches.enter_context(_stock_accelerated(pipe, fast.acceleration))
 
         variants["diffusers_fused_accelerated"] = _Variant(
-            stock, enter_stock_accelerated, lambda: (stock_switches.close(), pipe.unfuse_lora(),
-                                                     pipe.unload_lora_weights()),
-        )  # fmt: skip
+            stock,
+            enter_stock_accelerated,
+            lambda: (stock_switches.close(), pipe.unfuse_lora(), pipe.unload_lora_weights()),
+        )
 
     clock = _StepClock(generator.denoisers(), device)
     calls = {name: [] for name in variants}
@@ -322,15 +348,21 @@ def _floors(results: dict, config: dict, preset, steps: int, device_name: str) -
 
 
 def _header(env: dict, note: str) -> str:
-    return (f"# {env['command']}\n# device {env['device']}, torch {env['torch']}, diffusers {env['diffusers']}, "
-            f"peft {env['peft']}, {env['cpu_threads']} CPU threads, {env['date']}\n# {note}")  # fmt: skip
+    return (
+        f"# {env['command']}\n# device {env['device']}, torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"peft {env['peft']}, {env['cpu_threads']} CPU threads, {env['date']}\n# {note}"
+    )
 
 
 def _table(results: dict) -> str:
     """The rows of docs/benchmarks.md's table, each with its command, device, versions and date."""
     env = results["environment"]
-    lines = [_header(env, PRESETS[results["preset"]].note), "", "| figure | median | min | max | n |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        _header(env, PRESETS[results["preset"]].note),
+        "",
+        "| figure | median | min | max | n |",
+        "|---|---|---|---|---|",
+    ]
 
     def row(label, value):
         if isinstance(value, dict):

@@ -215,8 +215,10 @@ def main(argv: list[str] | None = None) -> dict[str, ChainFigures]:
     print("|---" * (len(header) + 4) + "|")
     for name, figures in results.items():
         cells = [f"{value:.2f}" for value in figures.background_delta_e]
-        print(f"| {name} | " + " | ".join(cells) + f" | {figures.plate_retained:.0%} | "
-              f"{figures.plate_error:.2f} | {figures.seconds_per_keyframe * 1000:.0f} |")  # fmt: skip
+        print(
+            f"| {name} | " + " | ".join(cells) + f" | {figures.plate_retained:.0%} | "
+            f"{figures.plate_error:.2f} | {figures.seconds_per_keyframe * 1000:.0f} |"
+        )
     return results
 
 

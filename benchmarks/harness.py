@@ -23,17 +23,44 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets: the floor a time is compared to.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
-WAN21_1_3B = dict(attention_head_dim=128, num_attention_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096,
-                  freq_dim=256, in_channels=16, out_channels=16, patch_size=(1, 2, 2),
-                  qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6)  # fmt: skip
+WAN21_1_3B = dict(
+    attention_head_dim=128,
+    num_attention_heads=12,
+    num_layers=30,
+    ffn_dim=8960,
+    text_dim=4096,
+    freq_dim=256,
+    in_channels=16,
+    out_channels=16,
+    patch_size=(1, 2, 2),
+    qk_norm="rms_norm_across_heads",
+    cross_attn_norm=True,
+    eps=1e-6,
+)
 WAN21_14B = {**WAN21_1_3B, "num_attention_heads": 40, "num_layers": 40, "ffn_dim": 13824}
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64,
-                feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)  # fmt: skip
+UMT5_XXL = dict(
+    vocab_size=256384,
+    d_model=4096,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    d_kv=64,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=32,
+)
 # 1.3B's block count and heads at a narrow width, with a small text encoder: on a CPU, a step whose
 # cost is dispatching ops rather than arithmetic, as a GPU step of the real model is.
 NARROW_1_3B = {**WAN21_1_3B, "attention_head_dim": 16, "ffn_dim": 512, "text_dim": 64, "freq_dim": 32}
-NARROW_UMT5 = dict(vocab_size=256, d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32,
-                   feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)  # fmt: skip
+NARROW_UMT5 = dict(
+    vocab_size=256,
+    d_model=64,
+    d_ff=128,
+    num_layers=2,
+    num_heads=2,
+    d_kv=32,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=8,
+)
 
 
 @dataclass(frozen=True)
@@ -55,14 +82,44 @@ class Preset:
 
 
 PRESETS = {
-    "cpu-tiny": Preset(None, None, 32, 32, 5, 3, 20, keyframes=3, text_tokens=32,
-                       note="tiny random Wan in bfloat16 as from_pretrained loads it (CI: the script cannot rot)"),
-    "cpu-small": Preset(NARROW_1_3B, NARROW_UMT5, 64, 64, 5, 8, 60, keyframes=5, text_tokens=64, dtype="float32",
-                        note="Wan2.1-1.3B's 30 blocks and 12 heads at width 192, small UMT5 and VAE; CPU"),
+    "cpu-tiny": Preset(
+        None,
+        None,
+        32,
+        32,
+        5,
+        3,
+        20,
+        keyframes=3,
+        text_tokens=32,
+        note="tiny random Wan in bfloat16 as from_pretrained loads it (CI: the script cannot rot)",
+    ),
+    "cpu-small": Preset(
+        NARROW_1_3B,
+        NARROW_UMT5,
+        64,
+        64,
+        5,
+        8,
+        60,
+        keyframes=5,
+        text_tokens=64,
+        dtype="float32",
+        note="Wan2.1-1.3B's 30 blocks and 12 heads at width 192, small UMT5 and VAE; CPU",
+    ),
     "wan2.1-1.3b": Preset(WAN21_1_3B, UMT5_XXL, 480, 832, 81, 50, 300, note="Wan2.1-T2V-1.3B shapes"),
-    "wan2.1-14b": Preset(WAN21_14B, UMT5_XXL, 480, 832, 81, 50, 300, gradient_checkpointing=True,
-                         note="Wan2.1-T2V-14B shapes, gradient checkpointing"),
-}  # fmt: skip
+    "wan2.1-14b": Preset(
+        WAN21_14B,
+        UMT5_XXL,
+        480,
+        832,
+        81,
+        50,
+        300,
+        gradient_checkpointing=True,
+        note="Wan2.1-T2V-14B shapes, gradient checkpointing",
+    ),
+}
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
@@ -126,9 +183,12 @@ def build_pipeline(preset: Preset, device: str):
     # Token ids do not change the cost: a small tokenizer padding to the same length is equivalent.
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     pipeline = WanPipeline(
-        tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+        tokenizer=tiny_tokenizer(),
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
         transformer=transformer,
-    )  # fmt: skip
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -247,8 +307,17 @@ def peak_tflops(device_name: str) -> float | None:
 
 # Ops that make a GPU step wait: a value read on the host (`.item()`, `bool()`, `float()`), an output
 # whose size depends on the data, and a tensor made from host data (a host-to-device copy on a GPU).
-WAITING_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
-                         "aten::unique_consecutive", "aten::unique_dim", "aten::lift_fresh"})  # fmt: skip
+WAITING_OPS = frozenset(
+    {
+        "aten::_local_scalar_dense",
+        "aten::nonzero",
+        "aten::masked_select",
+        "aten::_unique2",
+        "aten::unique_consecutive",
+        "aten::unique_dim",
+        "aten::lift_fresh",
+    }
+)
 
 
 class WaitingOps(TorchDispatchMode):

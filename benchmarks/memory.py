@@ -31,11 +31,30 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 GIB = 2**30
-TINY = dict(attention_head_dim=8, num_attention_heads=2, num_layers=2, ffn_dim=32, text_dim=32, freq_dim=32,
-            in_channels=16, out_channels=16, patch_size=(1, 2, 2), qk_norm="rms_norm_across_heads",
-            cross_attn_norm=True, eps=1e-6)  # fmt: skip
-TINY_UMT5 = dict(vocab_size=256, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16,
-                 feed_forward_proj="gated-gelu", relative_attention_num_buckets=8)  # fmt: skip
+TINY = dict(
+    attention_head_dim=8,
+    num_attention_heads=2,
+    num_layers=2,
+    ffn_dim=32,
+    text_dim=32,
+    freq_dim=32,
+    in_channels=16,
+    out_channels=16,
+    patch_size=(1, 2, 2),
+    qk_norm="rms_norm_across_heads",
+    cross_attn_norm=True,
+    eps=1e-6,
+)
+TINY_UMT5 = dict(
+    vocab_size=256,
+    d_model=32,
+    d_ff=64,
+    num_layers=2,
+    num_heads=2,
+    d_kv=16,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=8,
+)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -95,8 +114,11 @@ def transformer_figures(config: dict, frames: int, height: int, width: int, text
     figures["weights"] = _bytes(transformer)
     sampler = _fake(transformer, mode)
     with mode:
-        inputs = (torch.randn(latent, dtype=torch.bfloat16), torch.tensor([500.0]),
-                  torch.randn(1, text_tokens, config["text_dim"], dtype=torch.bfloat16))  # fmt: skip
+        inputs = (
+            torch.randn(latent, dtype=torch.bfloat16),
+            torch.tensor([500.0]),
+            torch.randn(1, text_tokens, config["text_dim"], dtype=torch.bfloat16),
+        )
         with torch.no_grad(), LiveBytes() as live:
             sampler(*inputs, return_dict=False)
     figures["sampling_forward"] = live.peak
@@ -157,8 +179,11 @@ def vae_figures(frames: int, height: int, width: int, keyframes: int, tiny: bool
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with torch.device("meta"):
-        vae = (AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if tiny
-               else AutoencoderKLWan()).eval()  # fmt: skip
+        vae = (
+            AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+            if tiny
+            else AutoencoderKLWan()
+        ).eval()
     figures = {"weights": _bytes(vae)}
     vae = _fake(vae, mode)
     with mode, torch.no_grad():
@@ -176,8 +201,11 @@ def _tuning_peak(weights: int, text: dict, vae: dict, lora: int, step: int, *, o
     """The worst phase of a tuning run: encoding the captions, encoding the keyframes, or a step.
     An offloaded text encoder is on the device only while it encodes."""
     encoder = text["weights"]
-    phases = [encoder + text["encode"], lora + vae["encode_keyframes"] + (0 if offloaded else encoder),
-              lora + step + (0 if offloaded else encoder)]  # fmt: skip
+    phases = [
+        encoder + text["encode"],
+        lora + vae["encode_keyframes"] + (0 if offloaded else encoder),
+        lora + step + (0 if offloaded else encoder),
+    ]
     return weights + max(phases)
 
 
@@ -188,8 +216,11 @@ def table(tiny: bool = False) -> tuple[str, dict]:
     vae = vae_figures(frames, height, width, 5, tiny)
     shapes = {"tiny": TINY} if tiny else {"1.3B": WAN21_1_3B, "14B": WAN21_14B}
     measured = {name: transformer_figures(config, frames, height, width, tokens) for name, config in shapes.items()}
-    models = {"tiny": ("tiny", 1)} if tiny else {"Wan2.1-T2V-1.3B": ("1.3B", 1), "Wan2.1-T2V-14B": ("14B", 1),
-                                                 "Wan2.2-T2V-A14B": ("14B", 2)}  # fmt: skip
+    models = (
+        {"tiny": ("tiny", 1)}
+        if tiny
+        else {"Wan2.1-T2V-1.3B": ("1.3B", 1), "Wan2.1-T2V-14B": ("14B", 1), "Wan2.2-T2V-A14B": ("14B", 2)}
+    )
     rows: dict[str, dict[str, float]] = {}
     for model, (shape, experts) in models.items():
         t = measured[shape]
@@ -198,8 +229,9 @@ def table(tiny: bool = False) -> tuple[str, dict]:
         # The second expert's LoRA has its gradient and AdamW states too (4x the LoRA in all, fp32).
         extra_states = (experts - 1) * 3 * t["lora"]
         sampling = max(t["sampling_forward"], vae["decode"], t["merge_transient"])
-        tuning = {ckpt: t[key] + extra_states for ckpt, key in ((False, "tuning_step"),
-                                                              (True, "tuning_step_checkpointing"))}  # fmt: skip
+        tuning = {
+            ckpt: t[key] + extra_states for ckpt, key in ((False, "tuning_step"), (True, "tuning_step_checkpointing"))
+        }
 
         def peak(step: int, *, offloaded: bool, weights=weights, lora=lora) -> int:
             return _tuning_peak(weights, text, vae, lora, step, offloaded=offloaded)
@@ -236,8 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: the same code in seconds")
     args = parser.parse_args(argv)
     env = environment("cpu", __file__, argv)
-    print(f"# {env['command']}\n# analytic (fake tensors, no device), torch {env['torch']}, "
-          f"diffusers {env['diffusers']}, peft {env['peft']}, {env['date']}\n")  # fmt: skip
+    print(
+        f"# {env['command']}\n# analytic (fake tensors, no device), torch {env['torch']}, "
+        f"diffusers {env['diffusers']}, peft {env['peft']}, {env['date']}\n"
+    )
     text, rows = table(tiny=args.tiny)
     print(text)
     return rows

@@ -23,12 +23,27 @@ def qwen2_5_vl_7b() -> int:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     config = Qwen2_5_VLConfig(
-        text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                         num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        text_config=dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=3584,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
         tie_word_embeddings=False,
-    )  # fmt: skip
+    )
     with torch.device("meta"):
         return count(Qwen2_5_VLForConditionalGeneration(config))
 
@@ -38,9 +53,16 @@ def qwen_image_edit() -> dict[str, int]:
 
     with torch.device("meta"):
         transformer = QwenImageTransformer2DModel(
-            patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
-        )  # fmt: skip
+            patch_size=2,
+            in_channels=64,
+            out_channels=16,
+            num_layers=60,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=3584,
+            guidance_embeds=False,
+            axes_dims_rope=(16, 56, 56),
+        )
         vae = AutoencoderKLQwenImage()
     return {"transformer": count(transformer), "text encoder (Qwen2.5-VL-7B)": qwen2_5_vl_7b(), "VAE": count(vae)}
 
@@ -51,13 +73,35 @@ def flux_kontext() -> dict[str, int]:
 
     with torch.device("meta"):
         transformer = FluxTransformer2DModel(guidance_embeds=True)  # FLUX.1-dev's shapes are the defaults
-        t5 = T5EncoderModel(T5Config(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128,
-                                     feed_forward_proj="gated-gelu"))  # fmt: skip
-        clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, projection_dim=768))  # fmt: skip
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2)  # fmt: skip
+        t5 = T5EncoderModel(
+            T5Config(
+                d_model=4096,
+                d_ff=10240,
+                num_layers=24,
+                num_heads=64,
+                d_kv=64,
+                vocab_size=32128,
+                feed_forward_proj="gated-gelu",
+            )
+        )
+        clip = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                projection_dim=768,
+            )
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+        )
     return {"transformer": count(transformer), "T5-XXL": count(t5), "CLIP-L": count(clip), "VAE": count(vae)}
 
 
@@ -67,12 +111,30 @@ def wan(heads: int, layers: int, ffn: int) -> dict[str, int]:
 
     with torch.device("meta"):
         transformer = WanTransformer3DModel(
-            attention_head_dim=128, num_attention_heads=heads, num_layers=layers, ffn_dim=ffn, text_dim=4096,
-            freq_dim=256, in_channels=16, out_channels=16, patch_size=(1, 2, 2), qk_norm="rms_norm_across_heads",
-            cross_attn_norm=True, eps=1e-6,
-        )  # fmt: skip
-        umt5 = UMT5EncoderModel(UMT5Config(vocab_size=256384, d_model=4096, d_ff=10240, num_layers=24, num_heads=64,
-                                           d_kv=64, feed_forward_proj="gated-gelu"))  # fmt: skip
+            attention_head_dim=128,
+            num_attention_heads=heads,
+            num_layers=layers,
+            ffn_dim=ffn,
+            text_dim=4096,
+            freq_dim=256,
+            in_channels=16,
+            out_channels=16,
+            patch_size=(1, 2, 2),
+            qk_norm="rms_norm_across_heads",
+            cross_attn_norm=True,
+            eps=1e-6,
+        )
+        umt5 = UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=256384,
+                d_model=4096,
+                d_ff=10240,
+                num_layers=24,
+                num_heads=64,
+                d_kv=64,
+                feed_forward_proj="gated-gelu",
+            )
+        )
         vae = AutoencoderKLWan()
     return {"transformer": count(transformer), "UMT5-XXL": count(umt5), "VAE": count(vae)}
 

@@ -59,13 +59,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     preset = PRESETS[args.preset]
     env = environment(args.device, __file__, argv)
-    print(f"# {env['command']}\n# {env['device']}, torch {env['torch']}, diffusers {env['diffusers']}, "
-          f"peft {env['peft']}, {env['cpu_threads']} threads, {env['date']}\n# {preset.note}", flush=True)  # fmt: skip
+    print(
+        f"# {env['command']}\n# {env['device']}, torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"peft {env['peft']}, {env['cpu_threads']} threads, {env['date']}\n# {preset.note}",
+        flush=True,
+    )
     pipe = build_pipeline(preset, args.device)
-    generator = WanVideoGenerator(pipe, height=preset.height, width=preset.width, num_frames=preset.num_frames,
-                                  max_sequence_length=preset.text_tokens)  # fmt: skip
-    pairs = [(draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
-             for i in range(preset.keyframes)]  # fmt: skip
+    generator = WanVideoGenerator(
+        pipe,
+        height=preset.height,
+        width=preset.width,
+        num_frames=preset.num_frames,
+        max_sequence_length=preset.text_tokens,
+    )
+    pairs = [
+        (draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
+        for i in range(preset.keyframes)
+    ]
     common = dict(log_every=LOG_EVERY, fused_adamw=args.device.startswith("cuda"))
     images, captions = zip(*pairs, strict=True)
     latents = generator.encode_keyframes(images, height=preset.height, width=preset.width).float()
@@ -78,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
         ).tune(on, pairs)
 
     # Each loop runs `steps` steps, reading the loss every 10 (or as `log_every=` says).
-    loops = {"reference loop": lambda steps, **read: _reference_loop(generator, latents, context, steps=steps,
-                                                                     **{**common, **read})}  # fmt: skip
+    loops = {
+        "reference loop": lambda steps, **read: _reference_loop(
+            generator, latents, context, steps=steps, **{**common, **read}
+        )
+    }
     loops["vchain"] = tune()
     if args.baseline:
         tuner_class, baseline_generator = _baseline(args.baseline, generator)
@@ -104,8 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
             per_100[name].append(timed(name))
             print(f"round {r + 1}: {name}: {per_100[name][-1]:.3f} s per 100 steps", flush=True)
 
-    results = {"environment": env, "preset": args.preset, "steps": args.steps, "log_every": LOG_EVERY,
-               "per_100_steps_s": {name: spread(values) for name, values in per_100.items()}}  # fmt: skip
+    results = {
+        "environment": env,
+        "preset": args.preset,
+        "steps": args.steps,
+        "log_every": LOG_EVERY,
+        "per_100_steps_s": {name: spread(values) for name, values in per_100.items()},
+    }
     reference = per_100["reference loop"]
     results["over_reference"] = {
         name: spread([v / ref for v, ref in zip(values, reference, strict=True)], 3)
@@ -172,8 +190,9 @@ def _reference_loop(generator, latents, context, *, steps: int, log_every: int, 
     sigmas = (shift * u / (1 + (shift - 1) * u)).tolist()
     noise_rng = torch.Generator(device=latents.device).manual_seed(0)
     flags = {name: param.requires_grad for name, param in transformer.named_parameters()}
-    inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=list(WAN_LORA_TARGETS)), transformer,
-                            adapter_name="reference")  # fmt: skip
+    inject_adapter_in_model(
+        LoraConfig(r=16, lora_alpha=16, target_modules=list(WAN_LORA_TARGETS)), transformer, adapter_name="reference"
+    )
     params = []
     for name, param in transformer.named_parameters():
         if "lora_" in name:

@@ -7,11 +7,19 @@ from vchain.errors import ConfigurationError
 
 # PhyGenBench's prompts.json: a list of objects with the prompt under `caption` and its labels beside it.
 PHYGENBENCH = [
-    {"caption": "A ball is dropped onto a pillow.", "physical_laws": "deformation", "main_category": "Mechanics",
-     "sub_category": "Elasticity"},
-    {"caption": "Ice melts in the sun.", "physical_laws": "melting", "main_category": "Thermal",
-     "sub_category": "Phase"},
-]  # fmt: skip
+    {
+        "caption": "A ball is dropped onto a pillow.",
+        "physical_laws": "deformation",
+        "main_category": "Mechanics",
+        "sub_category": "Elasticity",
+    },
+    {
+        "caption": "Ice melts in the sun.",
+        "physical_laws": "melting",
+        "main_category": "Thermal",
+        "sub_category": "Phase",
+    },
+]
 
 
 def write(tmp_path, name, text):
@@ -23,11 +31,17 @@ def write(tmp_path, name, text):
 def test_phygenbench_json_keeps_every_other_key_as_meta(tmp_path):
     cases = load_cases(write(tmp_path, "prompts.json", json.dumps(PHYGENBENCH)))
     assert cases == [
-        Case("00", "A ball is dropped onto a pillow.",
-             {"physical_laws": "deformation", "main_category": "Mechanics", "sub_category": "Elasticity"}),
-        Case("01", "Ice melts in the sun.", {"physical_laws": "melting", "main_category": "Thermal",
-                                              "sub_category": "Phase"}),
-    ]  # fmt: skip
+        Case(
+            "00",
+            "A ball is dropped onto a pillow.",
+            {"physical_laws": "deformation", "main_category": "Mechanics", "sub_category": "Elasticity"},
+        ),
+        Case(
+            "01",
+            "Ice melts in the sun.",
+            {"physical_laws": "melting", "main_category": "Thermal", "sub_category": "Phase"},
+        ),
+    ]
 
 
 def test_every_format_reads_the_same_prompts(tmp_path):

@@ -37,8 +37,11 @@ def test_think_in_process_against_a_local_server(server, tmp_path, capsys):
 def test_think_as_a_subprocess_without_a_key_fails_fast_naming_it(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vchain.cli", "think", "p", "-o", str(tmp_path / "run")],
-        capture_output=True, text=True, env=env_without_openai(), timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env_without_openai(),
+        timeout=120,
+    )
     assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "run").exists()  # nothing was run, nothing is left
@@ -149,8 +152,11 @@ def test_a_busy_folder_is_refused_at_once(tmp_path, capsys):
     with RunDirectory(tmp_path, "An egg is dropped onto a pillow."):
         code = subprocess.run(
             [sys.executable, "-m", "vchain.cli", "demo", "-o", str(tmp_path)],
-            capture_output=True, text=True, env=env_without_openai(), timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=env_without_openai(),
+            timeout=120,
+        )
     assert code.returncode == 2 and "is in use by another vchain process" in code.stderr
 
 
@@ -227,8 +233,9 @@ def test_suite_sharded_over_two_processes_runs_every_run_exactly_once(tmp_path):
     assert len(summary) == 5 and all(",done," in line for line in summary[1:])
     # Folders are named by case number, whatever the selection.
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "summary"))) == [
-        "04_a_steel_ball_is_dropped_into_water", "13_an_egg_is_dropped_onto_a_pillow",
-    ]  # fmt: skip
+        "04_a_steel_ball_is_dropped_into_water",
+        "13_an_egg_is_dropped_onto_a_pillow",
+    ]
 
 
 def test_the_chat_and_image_base_urls_reach_two_different_servers(tmp_path, capsys):
@@ -311,8 +318,22 @@ def test_the_family_comes_from_the_checkpoint(tmp_path, capsys):
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["stages"]["sampling"]["inputs"]["generator"]["class"] == "CogVideoXVideoGenerator"
     assert iio.imread(tmp_path / "run" / "video.mp4").shape[0] == 9
-    assert main(["generate", "An egg falls.", "-o", str(tmp_path / "r2"), "--variant", "t2v", *args,
-                 "--attention-backend", "native"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "An egg falls.",
+                "-o",
+                str(tmp_path / "r2"),
+                "--variant",
+                "t2v",
+                *args,
+                "--attention-backend",
+                "native",
+            ]
+        )
+        == 2
+    )
     assert "--attention-backend does not apply to CogVideoX checkpoints" in capsys.readouterr().err
 
 

@@ -29,8 +29,12 @@ def test_the_documented_names_import_from_the_top_level():
     )
 
     assert (Reasoner, ImageBackend, VideoGenerator, Tuner, Judge) == (
-        interfaces.Reasoner, interfaces.ImageBackend, interfaces.VideoGenerator, interfaces.Tuner, interfaces.Judge
-    )  # fmt: skip
+        interfaces.Reasoner,
+        interfaces.ImageBackend,
+        interfaces.VideoGenerator,
+        interfaces.Tuner,
+        interfaces.Judge,
+    )
     assert ReasoningConfig is reasoning.ReasoningConfig and LoRAConfig is tuning.LoRAConfig
     assert {"ReasoningConfig", "LoRAConfig", "Judge"} <= set(vchain.__all__)
 

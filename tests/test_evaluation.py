@@ -46,8 +46,10 @@ MISSING = ("t2v", 5, 1)  # a run whose vchain partner is left without a pair
 RNG = np.random.default_rng(3)
 SCORES = {
     (v, c, s): {d: int(RNG.integers(1, 6)) + (v == "vchain") for d in DIMENSIONS}
-    for v in VARIANTS for c in CASES for s in SEEDS
-}  # fmt: skip
+    for v in VARIANTS
+    for c in CASES
+    for s in SEEDS
+}
 SCORES = {k: {d: min(x, 5) for d, x in v.items()} for k, v in SCORES.items() if k != MISSING}
 
 
@@ -77,14 +79,23 @@ def pristine(tmp_path_factory):
         (path / VIDEO_FILE).write_bytes(f"{variant} {case} {seed}".encode())
         record = CaseRecord(id=f"case-{case}", index=case, meta={"main_category": CATEGORIES[case]}, seed=seed)
         skipped = "skipped" if variant == "t2v" else "done"
-        stages = Stages(reasoning=ReasoningRecord(status=skipped), tuning=TuningRecord(status=skipped),
-                        sampling=SamplingRecord(status="done", seed=seed))  # fmt: skip
+        stages = Stages(
+            reasoning=ReasoningRecord(status=skipped),
+            tuning=TuningRecord(status=skipped),
+            sampling=SamplingRecord(status="done", seed=seed),
+        )
         manifest = Manifest(prompt=f"Prompt {case}.", variant=variant, case=record, stages=stages)
         _io.write_json(path / MANIFEST_FILE, manifest.model_dump(mode="json"))
         answer = VideoScores(**scores, **{f"{d}_reason": "Seen." for d in DIMENSIONS})
         digest = file_digest(path / VIDEO_FILE)
-        entry = ScoreEntry(key=key, judge=CachedJudge().describe(), frames=8, video_sha256=digest, scores=answer,
-                           judged="2026-01-01T00:00:00+00:00")  # fmt: skip
+        entry = ScoreEntry(
+            key=key,
+            judge=CachedJudge().describe(),
+            frames=8,
+            video_sha256=digest,
+            scores=answer,
+            judged="2026-01-01T00:00:00+00:00",
+        )
         _io.write_json(path / SCORES_FILE, RunScores(entries=[entry]).model_dump(mode="json"))
     return root
 
@@ -96,8 +107,12 @@ def tree(pristine, tmp_path):
 
 def expected_pairs(dimension, cases=CASES):
     """(case, vchain - t2v) for every case and seed where both runs exist."""
-    return [(c, SCORES["vchain", c, s][dimension] - SCORES["t2v", c, s][dimension]) for c in cases for s in SEEDS
-            if ("t2v", c, s) in SCORES]  # fmt: skip
+    return [
+        (c, SCORES["vchain", c, s][dimension] - SCORES["t2v", c, s][dimension])
+        for c in cases
+        for s in SEEDS
+        if ("t2v", c, s) in SCORES
+    ]
 
 
 def case_means(pairs):
@@ -123,10 +138,13 @@ def test_paired_differences_match_numpy_and_scipy(tree):
         assert int(row["n"]) == len(pairs) == 11  # the vchain run without a t2v partner is left out
         assert float(row["mean_diff"]) == pytest.approx(means.mean(), abs=1e-12)
         assert (int(row["wins"]), int(row["ties"]), int(row["losses"])) == (
-            (diffs > 0).sum(), (diffs == 0).sum(), (diffs < 0).sum(),
-        )  # fmt: skip
-        scipy_ci = scipy.stats.bootstrap((means,), np.mean, method="percentile", n_resamples=10_000,
-                                         rng=np.random.default_rng(5)).confidence_interval  # fmt: skip
+            (diffs > 0).sum(),
+            (diffs == 0).sum(),
+            (diffs < 0).sum(),
+        )
+        scipy_ci = scipy.stats.bootstrap(
+            (means,), np.mean, method="percentile", n_resamples=10_000, rng=np.random.default_rng(5)
+        ).confidence_interval
         assert float(row["ci_low"]) == pytest.approx(scipy_ci.low, abs=0.1)
         assert float(row["ci_high"]) == pytest.approx(scipy_ci.high, abs=0.1)
         assert row["baseline"] == "t2v" and row["note"] == ""
@@ -160,10 +178,12 @@ def test_the_summary_averages_seeds_within_a_case_and_gives_the_spread_between_s
         present = [(c, s) for c in CASES for s in SEEDS if (variant, c, s) in SCORES]
         assert (int(row["n"]), int(row["cases"]), int(row["seeds"])) == (len(present), 6, 2)
         for dimension in DIMENSIONS:
-            per_case = [np.mean([SCORES[variant, c, s][dimension] for s in SEEDS if (variant, c, s) in SCORES])
-                        for c in CASES]  # fmt: skip
-            per_seed = [np.mean([SCORES[variant, c, s][dimension] for c in CASES if (variant, c, s) in SCORES])
-                        for s in SEEDS]  # fmt: skip
+            per_case = [
+                np.mean([SCORES[variant, c, s][dimension] for s in SEEDS if (variant, c, s) in SCORES]) for c in CASES
+            ]
+            per_seed = [
+                np.mean([SCORES[variant, c, s][dimension] for c in CASES if (variant, c, s) in SCORES]) for s in SEEDS
+            ]
             assert float(row[f"{dimension}_mean"]) == pytest.approx(np.mean(per_case), abs=1e-12)
             assert float(row[f"{dimension}_seed_sd"]) == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
             assert float(row[f"{dimension}_ci_low"]) <= np.mean(per_case) <= float(row[f"{dimension}_ci_high"])
@@ -234,12 +254,16 @@ def test_calibration_matches_scipy_and_every_summary_names_the_agreement(tree):
     ("header", "row", "message"),
     [
         (("run", "physics"), ["99_nowhere/vchain/seed-0", "3"], r"line 2: run '99_nowhere/vchain/seed-0' is not a"),
-        (("run", "physics"), ["00_case_0/vchain/seed-0", "7"], r"line 2, column physics: a score must be an integer "
-                                                                r"from 1 to 5 \(or blank\), got '7'"),
+        (
+            ("run", "physics"),
+            ["00_case_0/vchain/seed-0", "7"],
+            r"line 2, column physics: a score must be an integer "
+            r"from 1 to 5 \(or blank\), got '7'",
+        ),
         (("run", "physiqs"), ["00_case_0/vchain/seed-0", "3"], r"unknown: \['physiqs'\]"),
         (("case", "physics"), ["00_case_0/vchain/seed-0", "3"], r"must have a run column"),
     ],
-)  # fmt: skip
+)
 def test_bad_labels_fail_before_any_request_and_nothing_judged_is_lost(tree, header, row, message):
     before = {p: p.read_bytes() for p in tree.rglob(SCORES_FILE)}
     judge = CachedJudge()
@@ -278,8 +302,11 @@ def test_the_cli_judges_pairs_and_calibrates_a_suite_tree(tmp_path, capsys):
             frames = [Image.new("RGB", (32, 32), (LEVELS[score],) * 3)] * 4
             write_video(frames, path / VIDEO_FILE, fps=4)
             record = CaseRecord(id=f"case-{case}", index=case, meta={"main_category": category}, seed=0)
-            done = Stages(reasoning=ReasoningRecord(status="done"), tuning=TuningRecord(status="done"),
-                          sampling=SamplingRecord(status="done", seed=0))  # fmt: skip
+            done = Stages(
+                reasoning=ReasoningRecord(status="done"),
+                tuning=TuningRecord(status="done"),
+                sampling=SamplingRecord(status="done", seed=0),
+            )
             manifest = Manifest(prompt=f"Prompt {case}.", variant=variant, case=record, stages=done)
             _io.write_json(path / MANIFEST_FILE, manifest.model_dump(mode="json"))
     labels = labels_file(root, [["00_case_0/t2v/seed-0", 2], ["00_case_0/vchain/seed-0", 7]], ("run", "physics"))
@@ -291,8 +318,12 @@ def test_the_cli_judges_pairs_and_calibrates_a_suite_tree(tmp_path, capsys):
         )
         assert main([*judge, "--by", "category"]) == 2 and "by must be a meta key" in capsys.readouterr().err
         assert server.requests == []  # refused before any request
-        rows = [["00_case_0/t2v/seed-0", 2], ["00_case_0/vchain/seed-0", 5], ["01_case_1/t2v/seed-0", 3],
-                ["01_case_1/vchain/seed-0", 4]]  # fmt: skip
+        rows = [
+            ["00_case_0/t2v/seed-0", 2],
+            ["00_case_0/vchain/seed-0", 5],
+            ["01_case_1/t2v/seed-0", 3],
+            ["01_case_1/vchain/seed-0", 4],
+        ]
         labels = labels_file(root, rows, ("run", "physics"))
         assert main([*judge, "--calibrate", str(labels)]) == 0
         assert len(server.requests) == 4

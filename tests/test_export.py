@@ -28,16 +28,18 @@ def test_phygenbench_names_each_video_by_its_index_in_the_prompt_file(suite, tmp
     exported = export_videos(suite, tmp_path / "out", "phygenbench", seed=1)
     out = tmp_path / "out"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == [
-        "t2v/output_video_1.mp4", "t2v/output_video_3.mp4",
-    ]  # fmt: skip
+        "t2v/output_video_1.mp4",
+        "t2v/output_video_3.mp4",
+    ]
     for video in exported:
         source = video.run / "video.mp4"
         assert not video.path.is_symlink() and video.path.read_bytes() == source.read_bytes()
         assert video.seed == 1 and video.run.name == "seed-1"
     record = json.loads((out / EXPORT_FILE).read_text())
     assert [(v["file"], v["case_id"], v["index"]) for v in record["videos"]] == [
-        ("t2v/output_video_1.mp4", "a", 0), ("t2v/output_video_3.mp4", "c", 2),
-    ]  # fmt: skip
+        ("t2v/output_video_1.mp4", "a", 0),
+        ("t2v/output_video_3.mp4", "c", 2),
+    ]
 
 
 def test_several_seeds_need_a_seed_and_a_layout_must_exist(suite, tmp_path):

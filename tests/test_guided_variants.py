@@ -129,7 +129,9 @@ def test_the_cli_runs_vchain_guided_on_a_vace_checkpoint_and_refuses_a_plain_one
     requests = len(server.requests)
     capsys.readouterr()
     other = str(tmp_path / "other")
-    assert main(["generate", PROMPT, "-o", other, "--variant", "keyframe-guided", *urls, *TINY,
-                 "--model", plain_folder]) == 2  # fmt: skip
+    assert (
+        main(["generate", PROMPT, "-o", other, "--variant", "keyframe-guided", *urls, *TINY, "--model", plain_folder])
+        == 2
+    )
     assert "needs a keyframe-conditioned model" in capsys.readouterr().err
     assert len(server.requests) == requests

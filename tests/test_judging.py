@@ -200,8 +200,14 @@ def test_every_finished_run_is_scored_and_the_usage_is_what_the_server_saw(tree,
     assert [e.usage.requests for e in entries] == [1] * len(FINISHED)
     assert sum(e.usage.input_tokens for e in entries) == sum(len(json.dumps(r.body["messages"])) // 4 for r in chats)
     assert sum(e.usage.output_tokens for e in entries) == sum(len(c) // 4 for c in looking.replies)
-    assert entries[0].judge == {"class": "OpenAIJudge", "model": "gpt-4o", "server": server.base_url.rstrip("/"),
-                                "temperature": 0.0, "image_detail": "auto", "grid": False}  # fmt: skip
+    assert entries[0].judge == {
+        "class": "OpenAIJudge",
+        "model": "gpt-4o",
+        "server": server.base_url.rstrip("/"),
+        "temperature": 0.0,
+        "image_detail": "auto",
+        "grid": False,
+    }
     assert (tree / "summary.csv").read_bytes() == suite_summary
     assert result.summary_csv == tree / SUMMARY_CSV and result.summary_md.is_file()
 
@@ -240,8 +246,9 @@ def test_summary_gives_means_bootstrap_intervals_n_and_cost(tree, server, client
     judge_runs(tree, OpenAIJudge(client=client))
     rows = list(csv.DictReader((tree / SUMMARY_CSV).open()))
     assert [(r["judge"], r["variant"], r["n"]) for r in rows] == [
-        ("gpt-4o (8 frames)", "t2v", "2"), ("gpt-4o (8 frames)", "vchain", "3"),
-    ]  # fmt: skip
+        ("gpt-4o (8 frames)", "t2v", "2"),
+        ("gpt-4o (8 frames)", "vchain", "3"),
+    ]
     t2v, vchain = rows
     # Scores t2v (2, 3) and vchain (5, 4, 4). Resampled means of (2, 3) are 2, 2.5, 3 with chances
     # 1/4, 1/2, 1/4, so the 2.5% and 97.5% quantiles are 2 and 3; those of (5, 4, 4) are 4 (8/27)

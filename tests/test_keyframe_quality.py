@@ -96,12 +96,15 @@ def test_half_strength_removes_about_half(tmp_path):
     assert 1.5 < background_shift(half)[-1] < 4
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"color_correction": 1.5}, "color_correction must be less than or equal to 1, got 1.5"),
-    ({"color_correction": -0.1}, "color_correction must be greater than or equal to 0, got -0.1"),
-    ({"max_redos": -1}, "max_redos must be greater than or equal to 0, got -1"),
-    ({"verify_keyframes": "yes"}, "verify_keyframes must be a valid boolean, got 'yes'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"color_correction": 1.5}, "color_correction must be less than or equal to 1, got 1.5"),
+        ({"color_correction": -0.1}, "color_correction must be greater than or equal to 0, got -0.1"),
+        ({"max_redos": -1}, "max_redos must be greater than or equal to 0, got -1"),
+        ({"verify_keyframes": "yes"}, "verify_keyframes must be a valid boolean, got 'yes'"),
+    ],
+)
 def test_quality_settings_are_checked(fields, message):
     with pytest.raises(ConfigurationError, match=message):
         ReasoningConfig(**fields)

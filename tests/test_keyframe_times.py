@@ -15,8 +15,9 @@ CONFIG = ReasoningConfig(width=64, height=32)
 
 
 def test_the_reasoners_times_reach_the_chain_and_its_file(tmp_path):
-    chain = reason("An egg falls.", ScriptedReasoner(["impact", "splash"], times=[0.6, 0.7]), DrawingImageBackend(),
-                   CONFIG).chain  # fmt: skip
+    chain = reason(
+        "An egg falls.", ScriptedReasoner(["impact", "splash"], times=[0.6, 0.7]), DrawingImageBackend(), CONFIG
+    ).chain
     assert chain.times == [0.0, 0.6, 0.7] and chain.times_from == "reasoner"
     chain.save(tmp_path)
     entry = json.loads((tmp_path / "chain.json").read_text())[chain.name]

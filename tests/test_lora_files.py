@@ -52,8 +52,18 @@ def test_the_comfyui_export_uses_the_original_wan_names_with_down_up_and_alpha(t
     path = adapter.save(tmp_path, format="comfyui")
     assert path == tmp_path / "vchain_lora.safetensors"
     tensors = load_file(path)
-    names = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
-             "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]  # fmt: skip
+    names = [
+        "self_attn.q",
+        "self_attn.k",
+        "self_attn.v",
+        "self_attn.o",
+        "cross_attn.q",
+        "cross_attn.k",
+        "cross_attn.v",
+        "cross_attn.o",
+        "ffn.0",
+        "ffn.2",
+    ]
     expected = {
         f"diffusion_model.blocks.{block}.{name}.{part}"
         for block in range(2)
@@ -93,8 +103,11 @@ def test_musubi_tuner_files_load_through_diffusers_converter(wan, tuned, tmp_pat
     comfy = load_file(adapter.save(tmp_path, format="comfyui"))
     musubi = {}
     for key, value in comfy.items():
-        module, part = key.removeprefix("diffusion_model.").split(".lora_") if ".lora_" in key else (
-            key.removeprefix("diffusion_model.").removesuffix(".alpha"), None)  # fmt: skip
+        module, part = (
+            key.removeprefix("diffusion_model.").split(".lora_")
+            if ".lora_" in key
+            else (key.removeprefix("diffusion_model.").removesuffix(".alpha"), None)
+        )
         name = "lora_unet_" + module.replace(".", "_")
         musubi[f"{name}.lora_{part}" if part else f"{name}.alpha"] = value
     save_file(musubi, tmp_path / "musubi.safetensors")
@@ -145,8 +158,9 @@ def test_a_module_without_an_original_wan_name_is_refused_before_writing(tmp_pat
 def test_a_file_of_another_model_or_rank_is_one_clear_error_and_the_model_is_untouched(wan, tuned, tmp_path):
     adapter, _ = tuned
     tensors = load_file(adapter.save(tmp_path, format="comfyui"))
-    wider = {k: torch.zeros(v.shape[0], 48) if k.endswith("self_attn.q.lora_down.weight") else v
-             for k, v in tensors.items()}  # fmt: skip
+    wider = {
+        k: torch.zeros(v.shape[0], 48) if k.endswith("self_attn.q.lora_down.weight") else v for k, v in tensors.items()
+    }
     save_file(wider, tmp_path / "other_model.safetensors")
     before = {k: v.clone() for k, v in wan.pipeline.transformer.state_dict().items()}
     loaded = WanLoRATuner().load_adapter(tmp_path / "other_model.safetensors")
@@ -155,8 +169,10 @@ def test_a_file_of_another_model_or_rank_is_one_clear_error_and_the_model_is_unt
     after = wan.pipeline.transformer.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
-    mixed = {k: torch.zeros(8, v.shape[1]) if k == "diffusion_model.blocks.0.ffn.2.lora_down.weight" else v
-             for k, v in tensors.items()}  # fmt: skip
+    mixed = {
+        k: torch.zeros(8, v.shape[1]) if k == "diffusion_model.blocks.0.ffn.2.lora_down.weight" else v
+        for k, v in tensors.items()
+    }
     mixed["diffusion_model.blocks.0.ffn.2.lora_up.weight"] = torch.zeros(24, 8)
     save_file(mixed, tmp_path / "mixed.safetensors")
     with pytest.raises(VChainError, match=r"rank\(s\) \[4, 8\]"):

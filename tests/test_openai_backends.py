@@ -152,9 +152,12 @@ def test_manifest_records_usage_and_never_the_key(server, client, tmp_path):
     assert usage["calls"] == usage["requests"] == 6 and usage["input_tokens"] > 0 and usage["images_out"] == 3
     assert set(usage["seconds_by_step"]) == {"plan", "generate", "perception", "edit"}
     assert manifest["stages"]["reasoning"]["inputs"]["reasoner"] == {
-        "class": "OpenAIReasoner", "model": "gpt-4o", "server": server.base_url.rstrip("/"), "temperature": None,
+        "class": "OpenAIReasoner",
+        "model": "gpt-4o",
+        "server": server.base_url.rstrip("/"),
+        "temperature": None,
         "image_detail": "auto",
-    }  # fmt: skip
+    }
     assert manifest["stages"]["reasoning"]["stop_reason"] == "model"
     for path in tmp_path.rglob("*"):
         if path.is_file():

@@ -330,16 +330,18 @@ def test_a_reasoner_without_augment_prompt_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"reasoner": DrawingImageBackend(), "image_backend": ScriptedReasoner()},
-         "reasoner must be a vchain.interfaces.Reasoner, got DrawingImageBackend, which is a ImageBackend: pass it "
-         "as image_backend="),
+        (
+            {"reasoner": DrawingImageBackend(), "image_backend": ScriptedReasoner()},
+            "reasoner must be a vchain.interfaces.Reasoner, got DrawingImageBackend, which is a ImageBackend: pass it "
+            "as image_backend=",
+        ),
         ({"reasoner": ScriptedReasoner}, "got the class ScriptedReasoner; pass an instance"),
         ({"generator": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"}, r"load it first, e.g. WanVideoGenerator.from_pretrained"),
         ({"tuner": 3}, "tuner must be a vchain.interfaces.Tuner, got int"),
         ({"reasoning": {"max_keyframes": 4}}, r"reasoning must be a ReasoningConfig, got dict; use ReasoningConfig"),
         ({"save_adapter": "yes"}, "save_adapter must be True or False"),
     ],
-)  # fmt: skip
+)
 def test_components_are_checked_against_their_interfaces(kwargs, message):
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         VChainPipeline(**kwargs)

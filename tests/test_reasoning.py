@@ -119,9 +119,14 @@ class Answers(ScriptedReasoner):
 
 @pytest.mark.parametrize(
     "answer",
-    [{"caption": "x", "is_last": True}, "a caption", None, 42, ScenePlan(thoughts="t", consequences="c",
-                                                                       context_frame="f", concise_prompt="p")],
-)  # fmt: skip
+    [
+        {"caption": "x", "is_last": True},
+        "a caption",
+        None,
+        42,
+        ScenePlan(thoughts="t", consequences="c", context_frame="f", concise_prompt="p"),
+    ],
+)
 def test_a_wrong_kind_of_answer_fails_at_once_naming_the_method(answer):
     reasoner = Answers(answer)
     with pytest.raises(StageError, match=r"Answers\.next_keyframe\(\) must return a NextKeyframe, got") as e:
@@ -224,8 +229,16 @@ def test_every_answer_reaches_the_log_before_its_edit():
             return super().edit(images, prompt, width=width, height=height)
 
     reason("p", ScriptedReasoner(["a", "b"]), Backend(), CONFIG, log=Log())
-    assert events == [("commit", 0), ("commit", 1), ("answer", 1), ("edit", 1), ("commit", 2), ("answer", 2),
-                      ("edit", 2), ("commit", 3)]  # fmt: skip
+    assert events == [
+        ("commit", 0),
+        ("commit", 1),
+        ("answer", 1),
+        ("edit", 1),
+        ("commit", 2),
+        ("answer", 2),
+        ("edit", 2),
+        ("commit", 3),
+    ]
 
 
 def test_augment_returns_the_stripped_rewrite_and_rejects_blank_ones():

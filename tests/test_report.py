@@ -34,9 +34,14 @@ CHROMIUM = "/usr/bin/chromium"
 # Headless Chromium on a closed network: no sandbox (tests may run as root), no GPU, and none of the
 # background connections that a closed network refuses.
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT_MAX_BYTES = 300_000
 
 
@@ -95,8 +100,10 @@ def check_page(page, problems, root: Path) -> None:
     assert len(images) == len(keyframes) == 6
     assert sorted((w, h) for _, w, h in images) == sorted(keyframes) and all(done for done, _, _ in images)
     # Under each run's scores, the 8 frames the judge saw (of the demo's 17), every one loaded.
-    seen = page.evaluate("[...document.querySelectorAll('.judge-frames')].map(s => [...s.querySelectorAll('img')]"
-                         ".map(i => [i.complete, i.naturalWidth, i.alt]))")  # fmt: skip
+    seen = page.evaluate(
+        "[...document.querySelectorAll('.judge-frames')].map(s => [...s.querySelectorAll('img')]"
+        ".map(i => [i.complete, i.naturalWidth, i.alt]))"
+    )
     assert len(seen) == 4 and all(len(strip) == 8 for strip in seen)
     assert all(done and width == 64 for strip in seen for done, width, _ in strip)
     assert [alt for _, _, alt in seen[0]] == [f"frame {i} the judge saw" for i in (0, 2, 5, 7, 9, 11, 14, 16)]
@@ -146,14 +153,17 @@ def test_one_control_plays_and_scrubs_a_cases_variants_together(suite, browser):
     first, second = page.query_selector_all(".sync-group")
     states = "g => [...g.querySelectorAll('video')].map(v => [v.paused, v.currentTime / v.duration])"
     first.query_selector(".play").click()
-    page.wait_for_function("[...document.querySelector('.sync-group').querySelectorAll('video')]"
-                           ".every(v => !v.paused && v.currentTime > 0)")  # fmt: skip
+    page.wait_for_function(
+        "[...document.querySelector('.sync-group').querySelectorAll('video')]"
+        ".every(v => !v.paused && v.currentTime > 0)"
+    )
     assert all(paused for paused, _ in second.evaluate(states))  # another case's row is left alone
     first.query_selector(".play").click()
     assert all(paused for paused, _ in first.evaluate(states))
     first.query_selector(".scrub").evaluate("s => { s.value = 600; s.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("[...document.querySelector('.sync-group').querySelectorAll('video')]"
-                           ".every(v => !v.seeking)")  # fmt: skip
+    page.wait_for_function(
+        "[...document.querySelector('.sync-group').querySelectorAll('video')].every(v => !v.seeking)"
+    )
     assert [round(fraction, 2) for _, fraction in first.evaluate(states)] == [0.6, 0.6]
     assert problems == []
     page.close()
@@ -217,8 +227,9 @@ def test_each_seed_of_a_case_is_its_own_row_with_its_own_control(tmp_path):
     from vchain.testing.toy import ToyGenerator
 
     root = tmp_path / "suite"
-    run_suite(lambda: VChainPipeline(generator=ToyGenerator()), root, [0], ["t2v"], prompts=["A rock falls."],
-              seeds=[0, 1])  # fmt: skip
+    run_suite(
+        lambda: VChainPipeline(generator=ToyGenerator()), root, [0], ["t2v"], prompts=["A rock falls."], seeds=[0, 1]
+    )
     html = write_report(root, tmp_path / "report.html").read_text()
     assert html.count('<section class="case">') == 1 and html.count('<div class="sync-group">') == 2
     assert '<p class="seed">seed 0</p>' in html and '<p class="seed">seed 1</p>' in html

@@ -83,11 +83,25 @@ def test_hold_keeps_the_lock_for_runs_inside_it_and_removes_an_empty_folder(tmp_
 
 def test_two_processes_started_together_on_one_folder_run_exactly_once(server, tmp_path):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vchain.cli", "think", PROMPT, "-o", str(tmp_path / "run"), "--base-url",
-               server.base_url, "--image-base-url", server.base_url, "--max-keyframes", "3"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "vchain.cli",
+        "think",
+        PROMPT,
+        "-o",
+        str(tmp_path / "run"),
+        "--base-url",
+        server.base_url,
+        "--image-base-url",
+        server.base_url,
+        "--max-keyframes",
+        "3",
+    ]
     started = time.monotonic()
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     ended = {}
     while len(ended) < 2:
         for i, process in enumerate(processes):
@@ -117,9 +131,16 @@ class Freezer:
     """Kill the process (raise `Killed`) at the k-th change to the file system, and freeze it after."""
 
     TARGETS = (
-        (os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"), (os, "rmdir"), (os, "chmod"),
-        (shutil, "rmtree"), (tempfile, "mkstemp"), (tempfile, "mkdtemp"),
-    )  # fmt: skip
+        (os, "replace"),
+        (os, "rename"),
+        (os, "unlink"),
+        (os, "remove"),
+        (os, "rmdir"),
+        (os, "chmod"),
+        (shutil, "rmtree"),
+        (tempfile, "mkstemp"),
+        (tempfile, "mkdtemp"),
+    )
 
     def __init__(self, monkeypatch, kill_at=None):
         self.count, self.kill_at, self.dead = 0, kill_at, False

@@ -56,8 +56,9 @@ class _CountedAdapter(Adapter):
 
 
 def make_pipe(wan, judge=None, reasoner=None):
-    generator = WanVideoGenerator(wan, height=32, width=32, num_frames=5, num_inference_steps=2,
-                                  max_sequence_length=256, fps=8)  # fmt: skip
+    generator = WanVideoGenerator(
+        wan, height=32, width=32, num_frames=5, num_inference_steps=2, max_sequence_length=256, fps=8
+    )
     real, seeds = generator.sample, []
 
     def sample(prompt, *, seed=None, **overrides):
@@ -66,9 +67,12 @@ def make_pipe(wan, judge=None, reasoner=None):
 
     generator.sample = sample
     pipe = VChainPipeline(
-        reasoner or ScriptedReasoner(DEMO_CAPTIONS), DrawingImageBackend(), generator,
-        Counting(WanLoRATuner(steps=2, learning_rate=1e-3, seed=0)), judge=judge,
-    )  # fmt: skip
+        reasoner or ScriptedReasoner(DEMO_CAPTIONS),
+        DrawingImageBackend(),
+        generator,
+        Counting(WanLoRATuner(steps=2, learning_rate=1e-3, seed=0)),
+        judge=judge,
+    )
     pipe.seeds = seeds
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -110,8 +114,11 @@ def test_the_best_candidate_is_chosen_copied_and_every_candidate_is_kept(wan, tm
     assert {"sampling", "judging", "save"} <= set(sampling["seconds"]) and "replanning" not in sampling["seconds"]
     assert judge_calls(m) == [(10, "ok"), (11, "ok"), (12, "ok")]
     assert sampling["inputs"]["search"] == {
-        "candidates": 3, "objective": ["physics", "commonsense", "causality"], "rounds": 0, "accept": None,
-    }  # fmt: skip
+        "candidates": 3,
+        "objective": ["physics", "commonsense", "causality"],
+        "rounds": 0,
+        "accept": None,
+    }
     # the winner's scores are the judge's entry for video.mp4: judging the run with the same judge asks nothing
     (judged,) = judge_runs(tmp_path, judge).runs
     assert judged.cached and judged.scores.physics == 5 and len(judge.calls) == 3
@@ -340,16 +347,24 @@ def test_the_suite_summary_and_the_report_show_a_best_of_n_row(wan, tmp_path):
 
     judge = ScriptedJudge([2, 4, {"physics": 5}, 1])  # vchain: seeds 0, 1; then t2v: seeds 0, 1
     root = tmp_path / "suite"
-    run_suite(lambda: make_pipe(wan, judge), root, cases=[13], variants=["vchain", "t2v", "no-sparse-tuning"],
-              search=SearchConfig(candidates=2, rounds=1, accept=3.0))  # fmt: skip
+    run_suite(
+        lambda: make_pipe(wan, judge),
+        root,
+        cases=[13],
+        variants=["vchain", "t2v", "no-sparse-tuning"],
+        search=SearchConfig(candidates=2, rounds=1, accept=3.0),
+    )
     with open(root / "summary.csv") as f:
         rows = {(row["run"].split("/")[-1], row["variant"]): row for row in __import__("csv").DictReader(f)}
     assert len(rows) == 5 and all(row["status"] == "done" for row in rows.values())
     best = rows[("vchain", "best-of-n")]
     assert (best["candidates"], best["chosen_round"], best["chosen_seed"]) == ("2", "0", "1")
     assert (best["objective"], best["first_objective"], best["objective_min"], best["objective_max"]) == (
-        "4.0", "2.0", "2.0", "4.0",
-    )  # fmt: skip
+        "4.0",
+        "2.0",
+        "2.0",
+        "4.0",
+    )
     assert best["physics"] == "4" and rows[("vchain", "vchain")]["objective"] == ""
     # t2v searches seeds but cannot re-plan; the interpolated variant has no seed to search
     t2v = rows[("t2v", "best-of-n")]

@@ -40,8 +40,10 @@ def test_undefined_statistics_are_none_never_nan():
 
 
 def test_bootstrap_intervals_match_scipy_and_skip_undefined_resamples():
-    for statistic, reference in ((stats.pearson, lambda x, y: np.corrcoef(x, y)[0, 1]),
-                                 (stats.quadratic_kappa, kappa_by_the_book)):  # fmt: skip
+    for statistic, reference in (
+        (stats.pearson, lambda x, y: np.corrcoef(x, y)[0, 1]),
+        (stats.quadratic_kappa, kappa_by_the_book),
+    ):
         low, high = stats.bootstrap_interval(statistic, PEOPLE, JUDGE, resamples=3000, seed=1)
         theirs = scipy.stats.bootstrap(
             (PEOPLE, JUDGE),

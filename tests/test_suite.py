@@ -12,28 +12,39 @@ from vchain.suite import parse_seeds, plan_runs, run_cost, run_suite, shard
 from vchain.testing.toy import ToyGenerator
 from vchain.variants import VARIANTS
 
-CASES = [Case("ball", "A ball is dropped onto a pillow.", {"main_category": "Mechanics"}),
-         Case("ice", "Ice melts in the sun.", {"main_category": "Thermal"})]  # fmt: skip
+CASES = [
+    Case("ball", "A ball is dropped onto a pillow.", {"main_category": "Mechanics"}),
+    Case("ice", "Ice melts in the sun.", {"main_category": "Thermal"}),
+]
 
 
 def test_every_case_variant_and_seed_runs_in_its_folder_and_records_its_case(tmp_path):
-    runs = run_suite(lambda: VChainPipeline(generator=ToyGenerator()), tmp_path, variants=["t2v"],
-                     prompts=CASES, seeds=[0, 3])  # fmt: skip
+    runs = run_suite(
+        lambda: VChainPipeline(generator=ToyGenerator()), tmp_path, variants=["t2v"], prompts=CASES, seeds=[0, 3]
+    )
     assert [run.id for run in runs] == [
-        "00_a_ball_is_dropped_onto_a_pillow/t2v/seed-0", "00_a_ball_is_dropped_onto_a_pillow/t2v/seed-3",
-        "01_ice_melts_in_the_sun/t2v/seed-0", "01_ice_melts_in_the_sun/t2v/seed-3",
-    ]  # fmt: skip
+        "00_a_ball_is_dropped_onto_a_pillow/t2v/seed-0",
+        "00_a_ball_is_dropped_onto_a_pillow/t2v/seed-3",
+        "01_ice_melts_in_the_sun/t2v/seed-0",
+        "01_ice_melts_in_the_sun/t2v/seed-3",
+    ]
     manifests = [read_manifest(run.path) for run in runs]
     assert [(m.case.id, m.case.index, m.case.seed, m.stages.sampling.seed) for m in manifests] == [
-        ("ball", 0, 0, 0), ("ball", 0, 3, 3), ("ice", 1, 0, 0), ("ice", 1, 3, 3),
-    ]  # fmt: skip
+        ("ball", 0, 0, 0),
+        ("ball", 0, 3, 3),
+        ("ice", 1, 0, 0),
+        ("ice", 1, 3, 3),
+    ]
     assert manifests[2].case.meta == {"main_category": "Thermal"} and all(m.status() == "done" for m in manifests)
     videos = [(run.path / "video.mp4").read_bytes() for run in runs]
     assert videos[0] != videos[1]  # another seed, another video
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [(r["case_id"], r["seed"], r["status"]) for r in rows] == [
-        ("ball", "0", "done"), ("ball", "3", "done"), ("ice", "0", "done"), ("ice", "3", "done"),
-    ]  # fmt: skip
+        ("ball", "0", "done"),
+        ("ball", "3", "done"),
+        ("ice", "0", "done"),
+        ("ice", "3", "done"),
+    ]
 
 
 def test_without_seeds_the_layout_is_one_folder_per_case_and_variant(tmp_path):
@@ -82,8 +93,9 @@ def test_the_cli_runs_a_prompt_file_with_seeds(tmp_path, monkeypatch, capsys):
     assert "this process ran 2 run(s)" in capsys.readouterr().out
     records = [read_manifest(root / "01_ice_melts" / "t2v" / f"seed-{s}").case for s in (2, 5)]
     assert [(r.id, r.index, r.meta, r.seed) for r in records] == [
-        ("01", 1, {"law": "melting"}, 2), ("01", 1, {"law": "melting"}, 5),
-    ]  # fmt: skip
+        ("01", 1, {"law": "melting"}, 2),
+        ("01", 1, {"law": "melting"}, 5),
+    ]
 
 
 def test_the_tuned_runs_spread_over_all_processes_and_every_run_is_taken_once(tmp_path):

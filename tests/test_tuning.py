@@ -72,8 +72,9 @@ def test_merged_and_peft_layer_application_agree():
     tuned = LoRATuner(steps=30, learning_rate=1e-2).tune(toy, pairs_for())
     with tuned.apply(toy):
         merged = toy.sample_latent("a blue ball")
-    layered = LoRAAdapter(tuned.state_dicts, rank=tuned.rank, alpha=tuned.alpha, target_modules=tuned.target_modules,
-                          merge=False)  # fmt: skip
+    layered = LoRAAdapter(
+        tuned.state_dicts, rank=tuned.rank, alpha=tuned.alpha, target_modules=tuned.target_modules, merge=False
+    )
     with layered.apply(toy):
         assert torch.allclose(toy.sample_latent("a blue ball"), merged, atol=1e-5)
 
@@ -230,12 +231,20 @@ def test_bad_pairs_are_named(pairs, message):
 def test_an_adapter_for_other_modules_or_shapes_is_refused(tmp_path):
     toy = ToyGenerator()
     adapter = LoRATuner(steps=2).tune(toy, pairs_for())
-    wrong_name = LoRAAdapter([{k.replace("mix", "nope"): v for k, v in adapter.state_dicts[0].items()}],
-                             rank=16, alpha=16, target_modules=("nope",))  # fmt: skip
+    wrong_name = LoRAAdapter(
+        [{k.replace("mix", "nope"): v for k, v in adapter.state_dicts[0].items()}],
+        rank=16,
+        alpha=16,
+        target_modules=("nope",),
+    )
     with pytest.raises(VChainError, match="targets 'nope'"), wrong_name.apply(toy):
         pass
-    wrong_shape = LoRAAdapter([{k: v[:, :3] if "lora_A" in k else v for k, v in adapter.state_dicts[0].items()}],
-                              rank=16, alpha=16, target_modules=ToyGenerator.lora_targets)  # fmt: skip
+    wrong_shape = LoRAAdapter(
+        [{k: v[:, :3] if "lora_A" in k else v for k, v in adapter.state_dicts[0].items()}],
+        rank=16,
+        alpha=16,
+        target_modules=ToyGenerator.lora_targets,
+    )
     with pytest.raises(VChainError, match="has shape"), wrong_shape.apply(toy):
         pass
     two = LoRAAdapter([{}, {}], rank=4, alpha=4, target_modules=("mix",))
@@ -275,8 +284,9 @@ def test_the_saved_file_is_diffusers_format_with_alpha(tmp_path):
 def wan():
     from vchain.backends.wan import WanVideoGenerator
 
-    return WanVideoGenerator(tiny_wan_pipeline(), height=32, width=32, num_frames=1, num_inference_steps=4,
-                             max_sequence_length=32)  # fmt: skip
+    return WanVideoGenerator(
+        tiny_wan_pipeline(), height=32, width=32, num_frames=1, num_inference_steps=4, max_sequence_length=32
+    )
 
 
 def test_tuning_the_tiny_wan_lowers_the_loss_and_moves_samples_toward_the_keyframes(wan):

@@ -74,8 +74,11 @@ def resolve_pretrained(
             raise ConfigurationError(
                 f"{argument} {str(model_id)!r} is a folder without {marker}: not a saved {what} checkpoint"
             )
-        given = [name for name, value in (("revision", revision), ("cache_dir", cache_dir), ("token", token))
-                 if value is not None]  # fmt: skip
+        given = [
+            name
+            for name, value in (("revision", revision), ("cache_dir", cache_dir), ("token", token))
+            if value is not None
+        ]
         if given:
             raise ConfigurationError(
                 f"{given[0]} applies to hub ids, not to the local folder {str(model_id)!r}; leave it out"
@@ -123,8 +126,11 @@ def resolve_pretrained(
             f"cannot reach the Hugging Face hub to download {what} {text!r} ({type(e).__name__}: {e}), and "
             f"they are not in the cache ({cache}); connect to the network, or pass a local folder"
         ) from None
-    return {"pretrained_model_name_or_path": text, **hub, **({} if local_files_only is None else
-                                                             {"local_files_only": local_files_only})}  # fmt: skip
+    return {
+        "pretrained_model_name_or_path": text,
+        **hub,
+        **({} if local_files_only is None else {"local_files_only": local_files_only}),
+    }
 
 
 def _reachable(model_id: str, revision: str | None = None, token: str | bool | None = None) -> bool:

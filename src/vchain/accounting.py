@@ -94,12 +94,19 @@ def report_request(
         return
     call.records.append(
         CallRecord(
-            step=call.step, index=call.index, attempt=len(call.records) + 1, model=model, outcome=outcome,
-            error=redact(error)[:500] if error else None, seconds=round(seconds or 0.0, 3),
-            input_tokens=input_tokens, output_tokens=output_tokens,
-            images_in=images_in, images_out=images_out,
+            step=call.step,
+            index=call.index,
+            attempt=len(call.records) + 1,
+            model=model,
+            outcome=outcome,
+            error=redact(error)[:500] if error else None,
+            seconds=round(seconds or 0.0, 3),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            images_in=images_in,
+            images_out=images_out,
         )
-    )  # fmt: skip
+    )
 
 
 def report_timing(name: str, seconds: float) -> None:

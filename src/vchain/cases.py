@@ -130,8 +130,9 @@ def _case(path: Path, where: str, item: object, index: int, count: int) -> Case:
         meta = {k: v for k, v in item.items() if k not in (key, "id")}
         case_id = item.get("id", default_id)
         if isinstance(case_id, bool) or not isinstance(case_id, (str, int)) or not str(case_id).strip():
-            raise ConfigurationError(f"prompts file {str(path)!r}, {where}: id must be a string or an integer, "
-                                     f"got {case_id!r}")  # fmt: skip
+            raise ConfigurationError(
+                f"prompts file {str(path)!r}, {where}: id must be a string or an integer, got {case_id!r}"
+            )
         case_id = str(case_id).strip()
     else:
         raise ConfigurationError(

@@ -36,13 +36,18 @@ REASONING_FLAGS = (
 )
 FRAME_FLAGS = (("--width", "width", {}), ("--height", "height", {}))
 SAMPLING_FLAGS = (
-    ("--height", "height", {}), ("--width", "width", {}), ("--frames", "num_frames", {}),
-    ("--steps", "num_inference_steps", {}), ("--guidance", "guidance_scale", {}),
-)  # fmt: skip
+    ("--height", "height", {}),
+    ("--width", "width", {}),
+    ("--frames", "num_frames", {}),
+    ("--steps", "num_inference_steps", {}),
+    ("--guidance", "guidance_scale", {}),
+)
 ACCELERATION_FLAGS = (
-    ("--compile", "compile", {}), ("--attention-backend", "attention_backend", {}), ("--cache", "cache", {}),
+    ("--compile", "compile", {}),
+    ("--attention-backend", "attention_backend", {}),
+    ("--cache", "cache", {}),
     ("--cache-threshold", "cache_threshold", {}),
-)  # fmt: skip
+)
 ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshold")
 # The chat model's request settings (OpenAI-compatible servers), on the reasoner and on the judge.
 CHAT_OPTIONS = ("structured_output", "timeout", "max_tokens", "extra_body")
@@ -53,14 +58,19 @@ KEYFRAME_OPTIONS = ("max_keyframes", "edit_inputs", "color_correction", "verify_
 SAMPLING_ONLY = ("num_frames", "num_inference_steps", "guidance_scale", "seed")
 TUNING_OPTIONS = ("steps", "rank", "alpha", "learning_rate", "gradient_checkpointing")
 SEARCH_FLAGS = (
-    ("--candidates", "candidates", {}), ("--objective", "objective", {"nargs": "+", "metavar": "DIMENSION"}),
-    ("--rounds", "rounds", {}), ("--accept", "accept", {}),
-)  # fmt: skip
+    ("--candidates", "candidates", {}),
+    ("--objective", "objective", {"nargs": "+", "metavar": "DIMENSION"}),
+    ("--rounds", "rounds", {}),
+    ("--accept", "accept", {}),
+)
 JUDGE_OPTIONS = ("judge", "judge_model", "judge_base_url")
 TUNING_FLAGS = (
-    ("--tune-steps", "steps", {}), ("--rank", "rank", {}), ("--alpha", "alpha", {}), ("--lr", "learning_rate", {}),
+    ("--tune-steps", "steps", {}),
+    ("--rank", "rank", {}),
+    ("--alpha", "alpha", {}),
+    ("--lr", "learning_rate", {}),
     ("--gradient-checkpointing", "gradient_checkpointing", {}),
-)  # fmt: skip
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,9 +90,11 @@ def _add_config_flags(group, configs: tuple[type, ...], flags) -> None:
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # `X | None`: the flag takes X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         defaults = {c.__name__.removesuffix("SamplingConfig"): c.default(name) for c in holders}
-        help_text = holders[0].help(name) if len(set(map(repr, defaults.values()))) == 1 else (
-            f"{field.description} (default: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ")"
-        )  # fmt: skip
+        help_text = (
+            holders[0].help(name)
+            if len(set(map(repr, defaults.values()))) == 1
+            else (f"{field.description} (default: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ")")
+        )
         options: dict[str, Any] = {"default": None, "dest": name, "help": help_text, **extra}
         if kind is bool:
             options["action"] = "store_true"
@@ -235,17 +247,22 @@ def _add_reasoning(parser: argparse.ArgumentParser, *, frame: bool = False) -> N
 
 def _add_chat_options(group) -> None:
     group.add_argument(
-        "--structured-output", choices=("auto", "json_schema", "prompt"), default=None,
+        "--structured-output",
+        choices=("auto", "json_schema", "prompt"),
+        default=None,
         help="json_schema: the server enforces the answer's schema (OpenAI, vLLM, SGLang); prompt: the schema goes "
         "in the prompt and the JSON is read from the text (any server); auto (default): json_schema, then prompt "
         "for the rest of the run once the server answers without JSON",
-    )  # fmt: skip
+    )
     group.add_argument("--timeout", type=float, default=None, help="seconds per request attempt (default: 120)")
     group.add_argument("--max-tokens", type=int, default=None, help="most tokens per answer (default: the server's)")
     group.add_argument(
-        "--extra-body", type=_extra_body, default=None, metavar="JSON",
+        "--extra-body",
+        type=_extra_body,
+        default=None,
+        metavar="JSON",
         help="more keys for every chat request, as a JSON object (e.g. '{\"top_k\": 20}')",
-    )  # fmt: skip
+    )
 
 
 def _add_device(group, what: str) -> None:
@@ -266,8 +283,10 @@ class _Reasoning:
         from vchain.backends import IMAGE_BACKENDS, REASONERS
 
         if args.max_redos is not None and not args.verify_keyframes:
-            raise ConfigurationError("--max-redos does not apply without --verify-keyframes (redraws follow a failed "
-                                     "verification): add --verify-keyframes, or leave --max-redos out")  # fmt: skip
+            raise ConfigurationError(
+                "--max-redos does not apply without --verify-keyframes (redraws follow a failed "
+                "verification): add --verify-keyframes, or leave --max-redos out"
+            )
         # Flags the chosen kinds would ignore are refused before any checkpoint is looked up.
         local_reasoner = _loads_weights(REASONERS, args.reasoner)
         local_images = _loads_weights(IMAGE_BACKENDS, args.image_backend)
@@ -276,19 +295,33 @@ class _Reasoning:
                 args, ("reasoner_model", "base_url"), f"to --reasoner {args.reasoner}, which runs in process"
             )
         if local_images:
-            _refuse_unused(args, ("image_model", "image_base_url"),
-                           f"to --image-backend {args.image_backend}, run in process")  # fmt: skip
+            _refuse_unused(
+                args, ("image_model", "image_base_url"), f"to --image-backend {args.image_backend}, run in process"
+            )
         if args.command == "think" and not (local_reasoner or local_images):
             _refuse_unused(args, ("device", "dtype"), "to OpenAI models, which run on their server")
         ambient = {"dtype": getattr(args, "dtype", None), "device": self.device, "base_url": args.base_url}
         # Local checkpoints are found first, then the clients made (both cheap): a bad id or a missing key
         # fails before any model loads.
         self.choices = (
-            _Choice(REASONERS, args.reasoner, "--reasoner", what="reasoner weights", model=args.reasoner_model,
-                    given=_chat_given(args), ambient=ambient),
-            _Choice(IMAGE_BACKENDS, args.image_backend, "--image-backend", what="image model weights",
-                    model=args.image_model, ambient={**ambient, "base_url": args.image_base_url}),
-        )  # fmt: skip
+            _Choice(
+                REASONERS,
+                args.reasoner,
+                "--reasoner",
+                what="reasoner weights",
+                model=args.reasoner_model,
+                given=_chat_given(args),
+                ambient=ambient,
+            ),
+            _Choice(
+                IMAGE_BACKENDS,
+                args.image_backend,
+                "--image-backend",
+                what="image model weights",
+                model=args.image_model,
+                ambient={**ambient, "base_url": args.image_base_url},
+            ),
+        )
         for choice in self.choices:
             if not choice.loads_weights:
                 choice.build()
@@ -307,18 +340,21 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
     sampling = tuple(f.sampling_class() for f in GENERATOR_FAMILIES.values())
     group = parser.add_argument_group("video generator (Diffusers-format checkpoints)")
     group.add_argument(
-        "--model", default=None,
+        "--model",
+        default=None,
         help=f"checkpoint id or folder; its model_index.json picks the family: {families} (default: the Wan 1.3B)",
-    )  # fmt: skip
+    )
     _add_device(group, "torch device")
     group.add_argument("--seed", type=int, default=None, help="sampling seed (default: 0)")
     _add_config_flags(group, sampling, SAMPLING_FLAGS)
     speed = parser.add_argument_group("acceleration (sampling; off by default, quality cost at full size unmeasured)")
     _add_config_flags(speed, (Acceleration,), ACCELERATION_FLAGS)
     speed.add_argument(
-        "--offload-text-encoder", action="store_true", default=None,
+        "--offload-text-encoder",
+        action="store_true",
+        default=None,
         help="keep the text encoder on the CPU except while it encodes (frees 11 GiB for Wan's UMT5-XXL)",
-    )  # fmt: skip
+    )
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
@@ -354,8 +390,9 @@ class _Search:
         local = _loads_weights(JUDGES, args.judge)
         if local:
             _refuse_unused(args, ("judge_model", "judge_base_url"), "to a local judge (--judge transformers:...)")
-        self.choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
-                              ambient=ambient)  # fmt: skip
+        self.choice = _Choice(
+            JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model, ambient=ambient
+        )
         if not local:
             self.choice.build()  # a served judge is cheap to make, and a missing key shows before any work
 
@@ -412,8 +449,10 @@ class _Generation:
 
         switches = _given(args, ACCELERATION_FLAGS)
         if switches.get("attention_backend") and not self.family.dispatches_attention:
-            raise ConfigurationError(f"--attention-backend does not apply to {self.family.name} checkpoints: their "
-                                     "attention calls torch directly, not diffusers' dispatcher")  # fmt: skip
+            raise ConfigurationError(
+                f"--attention-backend does not apply to {self.family.name} checkpoints: their "
+                "attention calls torch directly, not diffusers' dispatcher"
+            )
         self.acceleration = Acceleration(**{**recorded.get("acceleration", {}), **switches})
         self.offload_text_encoder = bool(args.offload_text_encoder)
 
@@ -422,9 +461,13 @@ class _Generation:
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
         device = _usable_device(self.device)
         generator = generator_class.from_pretrained(
-            self.model, dtype=self.dtype, device=device, offload_text_encoder=self.offload_text_encoder,
-            **self.sampling.model_dump(), **self.acceleration.model_dump(),
-        )  # fmt: skip
+            self.model,
+            dtype=self.dtype,
+            device=device,
+            offload_text_encoder=self.offload_text_encoder,
+            **self.sampling.model_dump(),
+            **self.acceleration.model_dump(),
+        )
         return generator, tuner_class(self.tuning)
 
 
@@ -518,10 +561,23 @@ def cmd_generate(args) -> int:
     judge = search.build()
     generator, tuner = generation.build()
     config = reasoning.config if reasoning else None
-    pipe = VChainPipeline(reasoner, image_backend, generator, tuner if spec.tuning else None, reasoning=config,
-                          judge=judge, release_between_stages=True)  # fmt: skip
-    out = pipe(args.prompt, args.output, variant=args.variant, seed=generation.seed, overwrite=args.overwrite,
-               search=search.config)  # fmt: skip
+    pipe = VChainPipeline(
+        reasoner,
+        image_backend,
+        generator,
+        tuner if spec.tuning else None,
+        reasoning=config,
+        judge=judge,
+        release_between_stages=True,
+    )
+    out = pipe(
+        args.prompt,
+        args.output,
+        variant=args.variant,
+        seed=generation.seed,
+        overwrite=args.overwrite,
+        search=search.config,
+    )
     print(f"{args.variant}: {len(out.frames)} frames -> {out.video_path}")
     found = out.manifest.stages.sampling.search if out.manifest is not None else None
     if found is not None and found.winner_round is not None:
@@ -537,8 +593,11 @@ def cmd_tune(args) -> int:
     prompt, variant, recorded = _recorded(args.output)
     if not get_variant(variant).tuning:
         raise ConfigurationError(f"{str(args.output)!r} holds a {variant!r} run, which does not tune")
-    _refuse_unused(args, (*SAMPLING_ONLY, *ACCELERATION_OPTIONS), "to tune, which trains at the frame size only "
-                   "(give them to sample)")  # fmt: skip
+    _refuse_unused(
+        args,
+        (*SAMPLING_ONLY, *ACCELERATION_OPTIONS),
+        "to tune, which trains at the frame size only (give them to sample)",
+    )
     generation = _Generation(args, recorded)
     _check_folder(args.output, prompt, variant, finished=("reasoning",))
     generator, tuner = generation.build()
@@ -643,8 +702,14 @@ def cmd_suite(args) -> int:
 
         def make_pipeline():
             generator, tuner = generation.build()
-            return VChainPipeline(*reasoning.build(), generator, tuner, reasoning=reasoning.config,
-                                  judge=search.build(), release_between_stages=True)  # fmt: skip
+            return VChainPipeline(
+                *reasoning.build(),
+                generator,
+                tuner,
+                reasoning=reasoning.config,
+                judge=search.build(),
+                release_between_stages=True,
+            )
 
     runs = run_suite(
         make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds, search=search.config
@@ -652,8 +717,11 @@ def cmd_suite(args) -> int:
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
     unfinished = unfinished_runs(runs)
     if unfinished:
-        print(f"vchain suite: {len(unfinished)} of {len(runs)} run(s) did not finish: {', '.join(unfinished)}; "
-              "re-run the same command to resume them", file=sys.stderr)  # fmt: skip
+        print(
+            f"vchain suite: {len(unfinished)} of {len(runs)} run(s) did not finish: {', '.join(unfinished)}; "
+            "re-run the same command to resume them",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -673,15 +741,24 @@ def cmd_judge(args) -> int:
     else:
         _refuse_unused(args, ("device", "dtype"), "to an OpenAI judge, which runs on its server")
     ambient = {"grid": args.grid, "dtype": args.dtype, "device": _device(args.device), "base_url": args.base_url}
-    choice = _Choice(JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model,
-                     given=_chat_given(args), ambient=ambient)  # fmt: skip
+    choice = _Choice(
+        JUDGES,
+        args.judge,
+        "--judge",
+        what="judge weights",
+        model=args.judge_model,
+        given=_chat_given(args),
+        ambient=ambient,
+    )
     result = judge_runs(
         args.runs_dir, choice.build(), config, baseline=args.baseline, by=args.by, labels=args.calibrate
     )
     print(result.summary_md.read_text(encoding="utf-8").rstrip())
     written = [result.summary_md, result.paired_md, result.calibration_md]
-    print(f"{result.usage.requests} request(s) this time; scores in each run's scores.json; "
-          f"{', '.join(path.name for path in written if path)} in {args.runs_dir}")  # fmt: skip
+    print(
+        f"{result.usage.requests} request(s) this time; scores in each run's scores.json; "
+        f"{', '.join(path.name for path in written if path)} in {args.runs_dir}"
+    )
     return EXIT_OK
 
 
@@ -719,14 +796,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     output = argparse.ArgumentParser(add_help=False, parents=[common])
     output.add_argument(
-        "-o", "--output", type=_folder, required=True, metavar="DIR",
+        "-o",
+        "--output",
+        type=_folder,
+        required=True,
+        metavar="DIR",
         help="run folder: artifacts are written here, and a re-run resumes from it",
-    )  # fmt: skip
+    )
     overwrite = argparse.ArgumentParser(add_help=False)
     overwrite.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="start the folder over (needed to redo paid reasoning with changed settings)",
-    )  # fmt: skip
+    )
 
     parser = _Parser(
         prog="vchain",
@@ -737,19 +819,23 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     think = commands.add_parser(
-        "think", parents=[output, overwrite], help="stage 1: reason a prompt into keyframes",
+        "think",
+        parents=[output, overwrite],
+        help="stage 1: reason a prompt into keyframes",
         description="Reason PROMPT into a chain of visual thoughts: chain.json, metadata.csv and keyframe PNGs.",
-    )  # fmt: skip
+    )
     think.set_defaults(run=cmd_think)
     if full("think"):
         think.add_argument("prompt", help="what the video should show")
         _add_reasoning(think, frame=True)
 
     generate = commands.add_parser(
-        "generate", parents=[output, overwrite], help="the whole pipeline: reason, tune, sample (GPU)",
+        "generate",
+        parents=[output, overwrite],
+        help="the whole pipeline: reason, tune, sample (GPU)",
         description="Run one of the paper's variants on PROMPT into the output folder. Re-running resumes: "
         "finished stages whose settings are unchanged are not redone.",
-    )  # fmt: skip
+    )
     generate.set_defaults(run=cmd_generate)
     if full("generate"):
         generate.add_argument("prompt", help="what the video should show")
@@ -759,28 +845,34 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _add_search(generate)
 
     tune = commands.add_parser(
-        "tune", parents=[output], help="stage 2: tune the generator on a folder's keyframes, save lora/",
+        "tune",
+        parents=[output],
+        help="stage 2: tune the generator on a folder's keyframes, save lora/",
         description="LoRA-tune the generator on the chain in the output folder (from `vchain think`). "
         "Settings not given are those the folder recorded; changed ones redo tuning.",
-    )  # fmt: skip
+    )
     tune.set_defaults(run=cmd_tune)
     if full("tune"):
         _add_generator(tune)
 
     sample = commands.add_parser(
-        "sample", parents=[output], help="stage 3: sample a folder's video (tunes first if needed)",
+        "sample",
+        parents=[output],
+        help="stage 3: sample a folder's video (tunes first if needed)",
         description="Sample video.mp4 from the folder's composite prompt with its lora/. Settings not given "
         "are those the folder recorded; a changed seed or size samples again.",
-    )  # fmt: skip
+    )
     sample.set_defaults(run=cmd_sample)
     if full("sample"):
         _add_generator(sample)
 
     suite = commands.add_parser(
-        "suite", parents=[output], help="a prompt set's cases x variants x seeds; shards under `accelerate launch`",
+        "suite",
+        parents=[output],
+        help="a prompt set's cases x variants x seeds; shards under `accelerate launch`",
         description="Run cases x variants (x seeds) of a prompt set (the paper's 20 cases by default) into one "
         "tree and write summary.csv/.md. Under `accelerate launch --num_processes N` each process takes its share.",
-    )  # fmt: skip
+    )
     suite.set_defaults(run=cmd_suite)
     if full("suite"):
         from vchain.suite import PAPER_CASES
@@ -789,58 +881,75 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             "--variants", nargs="+", choices=list(_variants()), default=["vchain"], help=_variants_help()
         )
         suite.add_argument(
-            "--prompts", type=Path, default=None, metavar="FILE",
+            "--prompts",
+            type=Path,
+            default=None,
+            metavar="FILE",
             help=f"the prompt set: .txt (a prompt a line), .json/.jsonl (strings, or objects with caption, prompt or "
             f"text: PhyGenBench's prompts.json as it is) or .csv (a caption or prompt column); other fields are kept "
             f"as each case's meta (default: the paper's {len(PAPER_CASES)} cases)",
-        )  # fmt: skip
+        )
         suite.add_argument(
             "--cases", default=None, help="comma-separated case numbers, indices into the prompt set (default: all)"
         )
         suite.add_argument(
-            "--seeds", default=None, metavar="S,S,...",
+            "--seeds",
+            default=None,
+            metavar="S,S,...",
             help="run every case and variant once per seed, each in <case>/<variant>/seed-<s> (default: one run "
             "with --seed)",
-        )  # fmt: skip
+        )
         suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
         _add_reasoning(suite)
         _add_generator(suite)
         _add_search(suite)
 
     export_lora = commands.add_parser(
-        "export-lora", parents=[common], help="write a run folder's tuned LoRA for ComfyUI or diffusers",
+        "export-lora",
+        parents=[common],
+        help="write a run folder's tuned LoRA for ComfyUI or diffusers",
         description="Write the LoRA tuned in RUN_DIR (its lora/) to FILE_OR_DIR. comfyui: the original Wan "
         "module names with lora_down/lora_up and alpha, what ComfyUI's LoRA loaders and diffusers' "
         "load_lora_weights read (Wan2.2: a _high_noise and a _low_noise file). diffusers: a folder with "
         "pytorch_lora_weights.safetensors. The run folder is not changed; existing files are not replaced.",
-    )  # fmt: skip
+    )
     export_lora.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    export_lora.add_argument("--format", choices=["comfyui", "diffusers"], default="comfyui",
-                             help="comfyui (default) or diffusers")  # fmt: skip
     export_lora.add_argument(
-        "-o", "--output", type=_folder, required=True, metavar="FILE_OR_DIR",
+        "--format", choices=["comfyui", "diffusers"], default="comfyui", help="comfyui (default) or diffusers"
+    )
+    export_lora.add_argument(
+        "-o",
+        "--output",
+        type=_folder,
+        required=True,
+        metavar="FILE_OR_DIR",
         help="a .safetensors file (comfyui) or a folder",
-    )  # fmt: skip
+    )
     export_lora.set_defaults(run=cmd_export_lora)
 
     demo = commands.add_parser(
-        "demo", parents=[output, overwrite], help="every stage offline on tiny random models, in seconds",
+        "demo",
+        parents=[output, overwrite],
+        help="every stage offline on tiny random models, in seconds",
         description="Run the whole pipeline on tiny random models: a scripted reasoner and drawn keyframes, "
         "or with --open-weights a local vision-language model and a diffusers image editor.",
-    )  # fmt: skip
+    )
     demo.add_argument("--seed", type=int, default=None, help="seed of tuning and sampling (default: 0)")
     demo.add_argument(
-        "--open-weights", action="store_true",
+        "--open-weights",
+        action="store_true",
         help="reason with a tiny Qwen2.5-VL and edit with a tiny Qwen-Image-Edit-Plus, loaded from folders",
-    )  # fmt: skip
+    )
     demo.set_defaults(run=cmd_demo)
 
     judge = commands.add_parser(
-        "judge", parents=[common], help="score every finished run below a folder with a vision-language model",
+        "judge",
+        parents=[common],
+        help="score every finished run below a folder with a vision-language model",
         description="Score each finished run folder below RUNS_DIR on the six dimensions of the paper's study "
         "into its scores.json (cached by judge and video), and write judge-summary.csv/.md and "
         "judge-paired.csv/.md (each variant against --baseline) into RUNS_DIR.",
-    )  # fmt: skip
+    )
     if full("judge"):
         from vchain.backends import JUDGES
 
@@ -852,30 +961,39 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         judge.add_argument("--frames", type=int, default=None, help="frames sampled from each video (default: 8)")
         judge.add_argument("--grid", action="store_true", help="send the frames tiled into one image")
         judge.add_argument(
-            "--baseline", default="t2v", choices=list(_variants()),
+            "--baseline",
+            default="t2v",
+            choices=list(_variants()),
             help="the variant every other is compared with in judge-paired.csv/.md, on the same cases and seeds "
             "(default: t2v)",
-        )  # fmt: skip
+        )
         judge.add_argument(
-            "--by", default=None, metavar="KEY",
+            "--by",
+            default=None,
+            metavar="KEY",
             help="also compare per value of this case meta key (a column of the --prompts file, e.g. main_category)",
-        )  # fmt: skip
+        )
         judge.add_argument(
-            "--calibrate", type=Path, default=None, metavar="LABELS.csv",
+            "--calibrate",
+            type=Path,
+            default=None,
+            metavar="LABELS.csv",
             help="people's 1-5 scores (a run column, relative to RUNS_DIR, and a column per dimension): measure each "
             "judge's agreement with them into judge-calibration.json/.md",
-        )  # fmt: skip
+        )
         _add_device(judge, "the local judge's device")
     judge.set_defaults(run=cmd_judge)
 
     from vchain.export import LAYOUTS
 
     export = commands.add_parser(
-        "export", parents=[common], help="copy a suite's videos into a benchmark's file layout",
+        "export",
+        parents=[common],
+        help="copy a suite's videos into a benchmark's file layout",
         description="Copy every finished run's video below RUNS_DIR into OUT, named as the benchmark's own "
         "evaluator expects (" + "; ".join(layout.description for layout in LAYOUTS.values()) + "). Videos are "
         "copied as they are; OUT/vchain-export.json says which run each file came from.",
-    )  # fmt: skip
+    )
     export.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     export.add_argument("--layout", required=True, choices=list(LAYOUTS), help="the benchmark's file naming")
     export.add_argument("-o", "--output", type=_folder, required=True, metavar="OUT", help="the folder to fill")
@@ -883,10 +1001,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
 
     report = commands.add_parser(
-        "report", parents=[common], help="one static HTML page comparing the variants of every case",
+        "report",
+        parents=[common],
+        help="one static HTML page comparing the variants of every case",
         description="Write one HTML page (relative links) with each case's variants side by side: video, "
         "keyframes with captions, scores.",
-    )  # fmt: skip
+    )
     report.add_argument("runs_dir", type=Path, metavar="RUNS_DIR")
     report.add_argument("-o", "--output", type=_folder, required=True, metavar="FILE", help="the page to write")
     report.set_defaults(run=cmd_report)

@@ -94,8 +94,9 @@ def scored_runs(runs: Sequence[FinishedRun]) -> list[ScoredRun]:
     scored = []
     for run, entry in found:
         case, seed, meta = run_case(run.manifest)
-        scored.append(ScoredRun(run.path, entry.key, names[entry.key], run.manifest.variant, case, seed, meta,
-                                entry.scores))  # fmt: skip
+        scored.append(
+            ScoredRun(run.path, entry.key, names[entry.key], run.manifest.variant, case, seed, meta, entry.scores)
+        )
     return scored
 
 
@@ -208,9 +209,20 @@ def _paired_row(judge, variant, baseline, group, dimension, pairs, config) -> Pa
 
 
 PAIRED_COLUMNS = (
-    "judge", "variant", "baseline", "group", "dimension", "n", "mean_diff", "ci_low", "ci_high", "wins", "ties",
-    "losses", "note",
-)  # fmt: skip
+    "judge",
+    "variant",
+    "baseline",
+    "group",
+    "dimension",
+    "n",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "wins",
+    "ties",
+    "losses",
+    "note",
+)
 
 
 def write_paired(
@@ -224,11 +236,23 @@ def write_paired(
     writer.writeheader()
     for row in rows:
         d = row.difference
-        writer.writerow({
-            "judge": row.judge, "variant": row.variant, "baseline": row.baseline, "group": row.group,
-            "dimension": row.dimension, "n": row.n, "mean_diff": d.value, "ci_low": d.low, "ci_high": d.high,
-            "wins": row.wins, "ties": row.ties, "losses": row.losses, "note": d.note,
-        })  # fmt: skip
+        writer.writerow(
+            {
+                "judge": row.judge,
+                "variant": row.variant,
+                "baseline": row.baseline,
+                "group": row.group,
+                "dimension": row.dimension,
+                "n": row.n,
+                "mean_diff": d.value,
+                "ci_low": d.low,
+                "ci_high": d.high,
+                "wins": row.wins,
+                "ties": row.ties,
+                "losses": row.losses,
+                "note": d.note,
+            }
+        )
     csv_path = _io.write_text(root / PAIRED_CSV, buffer.getvalue())
     calibration = read_calibration(root)
     lines = [
@@ -330,8 +354,9 @@ def read_labels(path: str | Path, root: str | Path, runs: Sequence[FinishedRun])
             if not cell:
                 continue
             if not cell.isdigit() or not 1 <= int(cell) <= 5:
-                raise ConfigurationError(f"{line}, column {dimension}: a score must be an integer from 1 to 5 "
-                                         f"(or blank), got {cell!r}")  # fmt: skip
+                raise ConfigurationError(
+                    f"{line}, column {dimension}: a score must be an integer from 1 to 5 (or blank), got {cell!r}"
+                )
             scores[folder][dimension] = int(cell)
     if not scores:
         raise ConfigurationError(f"{where} labels no run")
@@ -358,14 +383,18 @@ def calibrate(
     for judge_key in dict.fromkeys(s.judge_key for s in scored):
         mine = [s for s in scored if s.judge_key == judge_key and s.path in labels.scores]
         for dimension in DIMENSIONS:
-            pairs = [(labels.scores[s.path][dimension], s.scores.score(dimension)) for s in mine
-                     if dimension in labels.scores[s.path]]  # fmt: skip
+            pairs = [
+                (labels.scores[s.path][dimension], s.scores.score(dimension))
+                for s in mine
+                if dimension in labels.scores[s.path]
+            ]
             people, judge = (np.array([p[i] for p in pairs], dtype=float) for i in (0, 1))
             agreement = {}
             for name, statistic in AGREEMENTS.items():
                 value = stats.point(statistic, people, judge)
-                ci = stats.bootstrap_interval(statistic, people, judge, resamples=config.bootstrap_resamples,
-                                              seed=config.seed)  # fmt: skip
+                ci = stats.bootstrap_interval(
+                    statistic, people, judge, resamples=config.bootstrap_resamples, seed=config.seed
+                )
                 if len(pairs) < 2:
                     note = NO_INTERVAL.format(what="labelled runs")
                 elif value is None or ci is None:
@@ -389,9 +418,11 @@ def write_calibration(
         entry = judges.setdefault(row.judge_key, {"judge": row.judge, "dimensions": {}})
         entry["dimensions"][row.dimension] = {
             "n": row.n,
-            **{name: {"value": a.value, "ci_low": a.low, "ci_high": a.high, "note": a.note}
-               for name, a in row.agreement.items()},
-        }  # fmt: skip
+            **{
+                name: {"value": a.value, "ci_low": a.low, "ci_high": a.high, "note": a.note}
+                for name, a in row.agreement.items()
+            },
+        }
     data = {
         "labels": str(labels.path),
         "labelled_runs": len(labels.scores),

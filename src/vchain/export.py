@@ -101,14 +101,24 @@ def export_videos(
         with (video.run / VIDEO_FILE).open("rb") as source:
             _io.atomic_write(out / target, lambda f, source=source: shutil.copyfileobj(source, f))
         exported.append(replace(video, path=out / target))
-    _io.write_json(out / EXPORT_FILE, {
-        "layout": layout,
-        "root": str(Path(root).absolute()),
-        "videos": [
-            {"file": v.path.relative_to(out).as_posix(), "run": str(v.run.absolute()), "variant": v.variant,
-             "case_id": v.case_id, "index": v.index, "seed": v.seed, "sha256": file_digest(v.path)}
-            for v in exported
-        ],
-    })  # fmt: skip
+    _io.write_json(
+        out / EXPORT_FILE,
+        {
+            "layout": layout,
+            "root": str(Path(root).absolute()),
+            "videos": [
+                {
+                    "file": v.path.relative_to(out).as_posix(),
+                    "run": str(v.run.absolute()),
+                    "variant": v.variant,
+                    "case_id": v.case_id,
+                    "index": v.index,
+                    "seed": v.seed,
+                    "sha256": file_digest(v.path),
+                }
+                for v in exported
+            ],
+        },
+    )
     logger.info("Exported %d video(s) to %s in the %s layout", len(exported), out, layout)
     return exported

@@ -259,8 +259,9 @@ def finished_runs(root: str | Path) -> list[FinishedRun]:
         if problem is None:
             runs.append(FinishedRun(folder, manifest))
         elif problem != "does not exist":  # a link could send a file from outside the run to the judge
-            logger.warning("Skipping %s: its %s %s; vchain judges only plain files inside a run", folder,
-                           VIDEO_FILE, problem)  # fmt: skip
+            logger.warning(
+                "Skipping %s: its %s %s; vchain judges only plain files inside a run", folder, VIDEO_FILE, problem
+            )
     if not runs:
         raise ConfigurationError(
             f"root {str(root)!r} holds no finished run (a folder whose manifest.json has every stage "
@@ -363,8 +364,10 @@ def judge_runs(
     identity = judge_identity(judge, config)
     root = check_root(root)
     if not os.access(root, os.W_OK | os.X_OK):
-        raise ConfigurationError(f"root {str(root)!r} is not writable, so the judge summary could not be "
-                                 "written; nothing was sent: make it writable or judge a copy")  # fmt: skip
+        raise ConfigurationError(
+            f"root {str(root)!r} is not writable, so the judge summary could not be "
+            "written; nothing was sent: make it writable or judge a copy"
+        )
     # One judge per tree, and none on a run another vchain process is writing: two judges would pay
     # twice for every video and each overwrite the other's answers.
     with hold(root):
@@ -423,10 +426,16 @@ def _judge_run(run: FinishedRun, judge: Judge, config: JudgingConfig, identity: 
         error = str(e)
         logger.error("Judging %s failed: %s", run.path, e)
     entry = ScoreEntry(
-        key=key, judge=identity["judge"], frames=config.frames, video_sha256=digest, scores=scores,
-        error=error, judged=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        usage=meter.summary(), calls=meter.records,
-    )  # fmt: skip
+        key=key,
+        judge=identity["judge"],
+        frames=config.frames,
+        video_sha256=digest,
+        scores=scores,
+        error=error,
+        judged=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        usage=meter.summary(),
+        calls=meter.records,
+    )
     # A judge keeps its place in the file: a re-judged entry replaces its old one where it was.
     scores_file.entries = [entry if e.key == key else e for e in scores_file.entries]
     if previous is None:
@@ -463,8 +472,7 @@ def ask_judge(
                     stage="judging",
                     step="judge",
                 ) from e
-            logger.warning("Malformed judge answer for %s (attempt %d/%d): %s", video, attempt,
-                           config.max_attempts, e)  # fmt: skip
+            logger.warning("Malformed judge answer for %s (attempt %d/%d): %s", video, attempt, config.max_attempts, e)
         except StageError:
             raise
         except VChainError as e:
@@ -583,10 +591,17 @@ def _summary_row(judge: str, variant: str, group: str, scored: list, paid: list[
         sd = stats.spread([np.mean(v) for v in by_seed.values()])
         estimates[dimension] = Estimate(mean.value, mean.low, mean.high, seed_sd=sd)
     return SummaryRow(
-        judge, variant, len(scored), estimates, requests=sum(u.requests for u in paid),
-        input_tokens=sum(u.input_tokens for u in paid), output_tokens=sum(u.output_tokens for u in paid),
-        cases=len({s.case for s in scored}), seeds=len({s.seed for s in scored}), group=group,
-    )  # fmt: skip
+        judge,
+        variant,
+        len(scored),
+        estimates,
+        requests=sum(u.requests for u in paid),
+        input_tokens=sum(u.input_tokens for u in paid),
+        output_tokens=sum(u.output_tokens for u in paid),
+        cases=len({s.case for s in scored}),
+        seeds=len({s.seed for s in scored}),
+        group=group,
+    )
 
 
 def judge_label(entry: ScoreEntry) -> str:
@@ -606,10 +621,18 @@ def _rank(variant: str, order: list[str]) -> tuple[int, str]:
 
 
 SUMMARY_COLUMNS = (
-    "judge", "variant", "group", "n", "cases", "seeds",
+    "judge",
+    "variant",
+    "group",
+    "n",
+    "cases",
+    "seeds",
     *(f"{d}_{stat}" for d in DIMENSIONS for stat in ("mean", "ci_low", "ci_high", "seed_sd")),
-    "requests", "input_tokens", "output_tokens", "note",
-)  # fmt: skip
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "note",
+)
 
 
 def write_judge_summary(
@@ -625,15 +648,26 @@ def write_judge_summary(
     writer = csv.DictWriter(buffer, SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        values = {f"{d}_{stat}": getattr(e, attr) for d, e in row.estimates.items()
-                  for stat, attr in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high"),
-                                     ("seed_sd", "seed_sd"))}  # fmt: skip
-        writer.writerow({
-            "judge": row.judge, "variant": row.variant, "group": row.group, "n": row.n, "cases": row.cases,
-            "seeds": row.seeds, **values,
-            "requests": row.requests, "input_tokens": row.input_tokens, "output_tokens": row.output_tokens,
-            "note": row.note,
-        })  # fmt: skip
+        values = {
+            f"{d}_{stat}": getattr(e, attr)
+            for d, e in row.estimates.items()
+            for stat, attr in (("mean", "mean"), ("ci_low", "low"), ("ci_high", "high"), ("seed_sd", "seed_sd"))
+        }
+        writer.writerow(
+            {
+                "judge": row.judge,
+                "variant": row.variant,
+                "group": row.group,
+                "n": row.n,
+                "cases": row.cases,
+                "seeds": row.seeds,
+                **values,
+                "requests": row.requests,
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+                "note": row.note,
+            }
+        )
     csv_path = _io.write_text(root / SUMMARY_CSV, buffer.getvalue())
 
     calibration = read_calibration(root)
@@ -646,8 +680,16 @@ def write_judge_summary(
         "standard deviation between the seeds' means. The cost is every request the judge sent for those "
         "runs, retries included.",
     ]
-    header = ["variant", "n", "cases", "seeds", *(dimension_title(d) for d in DIMENSIONS), "requests", "input tokens",
-              "output tokens"]  # fmt: skip
+    header = [
+        "variant",
+        "n",
+        "cases",
+        "seeds",
+        *(dimension_title(d) for d in DIMENSIONS),
+        "requests",
+        "input tokens",
+        "output tokens",
+    ]
     for judge in dict.fromkeys(row.judge for row in rows):
         lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]
         mine = [r for r in rows if r.judge == judge]
@@ -656,8 +698,16 @@ def write_judge_summary(
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for row in (r for r in mine if r.group == group):
                 cells = [_summary_cell(row.estimates.get(d)) for d in DIMENSIONS]
-                values = [row.variant, row.n, row.cases, row.seeds, *cells, row.requests, row.input_tokens,
-                          row.output_tokens]  # fmt: skip
+                values = [
+                    row.variant,
+                    row.n,
+                    row.cases,
+                    row.seeds,
+                    *cells,
+                    row.requests,
+                    row.input_tokens,
+                    row.output_tokens,
+                ]
                 lines.append("| " + " | ".join(str(v) for v in values) + " |")
     md_path = _io.write_text(root / SUMMARY_MD, "\n".join(lines) + "\n")
     return csv_path, md_path

@@ -131,8 +131,14 @@ class VChainPipeline:
     ):
         from vchain.interpolation import CrossfadeInterpolator
 
-        given = {"reasoner": reasoner, "image_backend": image_backend, "generator": generator, "tuner": tuner,
-                 "interpolator": interpolator, "judge": judge}  # fmt: skip
+        given = {
+            "reasoner": reasoner,
+            "image_backend": image_backend,
+            "generator": generator,
+            "tuner": tuner,
+            "interpolator": interpolator,
+            "judge": judge,
+        }
         for keyword, value in given.items():
             _check_component(keyword, value)
         if reasoning is not None and not isinstance(reasoning, ReasoningConfig):
@@ -316,8 +322,9 @@ class VChainPipeline:
         needs = ("reasoner", "image_backend", *(("tuner",) if spec.tuning else ()))
         missing = [name for name in needs if getattr(self, name) is None]
         if missing:
-            raise ConfigurationError(f"VChainPipeline needs {' and '.join(missing)} for the re-planning rounds of a "
-                                     "search")  # fmt: skip
+            raise ConfigurationError(
+                f"VChainPipeline needs {' and '.join(missing)} for the re-planning rounds of a search"
+            )
         if not self.reasoner.supports("revise"):
             raise ConfigurationError(
                 f"{type(self.reasoner).__name__} does not implement revise(), which search rounds need"
@@ -354,9 +361,12 @@ class VChainPipeline:
         inputs = None
         if self.reasoner is not None and self.image_backend is not None:
             inputs = {
-                "prompt": prompt, "config": self.reasoning.to_dict(), "frame": list(frame),
-                "reasoner": self.reasoner.describe(), "image_backend": self.image_backend.describe(),
-            }  # fmt: skip
+                "prompt": prompt,
+                "config": self.reasoning.to_dict(),
+                "frame": list(frame),
+                "reasoner": self.reasoner.describe(),
+                "image_backend": self.image_backend.describe(),
+            }
 
         def compute(record) -> ThoughtChain:
             chain = run.partial_chain()
@@ -368,9 +378,16 @@ class VChainPipeline:
             with self._bar(total=self.reasoning.max_keyframes, desc="keyframes", unit="keyframe") as bar:
                 bar.update(len(chain.images) if chain else 0)
                 result = reason(
-                    prompt, self.reasoner, self.image_backend, self.reasoning, frame=frame, chain=chain,
-                    log=run.reasoning_log(), meter=meter, progress=lambda n: bar.update(n - bar.n),
-                )  # fmt: skip
+                    prompt,
+                    self.reasoner,
+                    self.image_backend,
+                    self.reasoning,
+                    frame=frame,
+                    chain=chain,
+                    log=run.reasoning_log(),
+                    meter=meter,
+                    progress=lambda n: bar.update(n - bar.n),
+                )
                 bar.total = bar.n  # the chain ends where the reasoner said, not at the cap: so does the bar
                 bar.refresh()
             record.seconds = _steps_seconds(meter, ("plan", "generate", "perception", "edit"))
@@ -378,8 +395,14 @@ class VChainPipeline:
             run.set_outputs("reasoning", chain_files(result.chain))
             return result.chain
 
-        return run.step("reasoning", inputs, compute=compute, load=lambda _: ThoughtChain.load(run.path),
-                        paid=True, missing="reasoner and image_backend")  # fmt: skip
+        return run.step(
+            "reasoning",
+            inputs,
+            compute=compute,
+            load=lambda _: ThoughtChain.load(run.path),
+            paid=True,
+            missing="reasoner and image_backend",
+        )
 
     def _augment_step(self, run, prompt: str) -> str:
         inputs = None
@@ -392,8 +415,14 @@ class VChainPipeline:
             record.seconds = _steps_seconds(meter, ("augment",))
             return record.augmented_prompt
 
-        return run.step("reasoning", inputs, compute=compute, load=lambda record: record.augmented_prompt,
-                        paid=True, missing="reasoner")  # fmt: skip
+        return run.step(
+            "reasoning",
+            inputs,
+            compute=compute,
+            load=lambda record: record.augmented_prompt,
+            paid=True,
+            missing="reasoner",
+        )
 
     def _tune_step(self, run, chain: ThoughtChain) -> Adapter:
         inputs = None
@@ -403,10 +432,11 @@ class VChainPipeline:
             tokens = self.generator.prompt_tokens("")
             inputs = {
                 "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,
-                "tuner": self.tuner.describe(), "generator": identity,
+                "tuner": self.tuner.describe(),
+                "generator": identity,
                 "frame": [self.generator.width, self.generator.height],
                 "text_tokens": tokens[1] if tokens else None,
-            }  # fmt: skip
+            }
 
         def compute(record) -> Adapter:
             adapter = self._tune(chain)
@@ -437,22 +467,34 @@ class VChainPipeline:
         except VChainError:
             raise
         except Exception as e:
-            raise StageError(f"{type(self.tuner).__name__}.tune() raised {type(e).__name__}: {e}",
-                             stage="tuning") from e  # fmt: skip
+            raise StageError(
+                f"{type(self.tuner).__name__}.tune() raised {type(e).__name__}: {e}", stage="tuning"
+            ) from e
         if not isinstance(adapter, Adapter):
-            raise StageError(f"{type(self.tuner).__name__}.tune() must return an Adapter, got "
-                             f"{type(adapter).__name__}", stage="tuning")  # fmt: skip
+            raise StageError(
+                f"{type(self.tuner).__name__}.tune() must return an Adapter, got {type(adapter).__name__}",
+                stage="tuning",
+            )
         return adapter
 
-    def _sample_step(self, run, text: str, adapter: Adapter | None, chain, seed: int | None,
-                     keyframes: list[tuple[float, Image.Image]] | None = None) -> Rendered:  # fmt: skip
+    def _sample_step(
+        self,
+        run,
+        text: str,
+        adapter: Adapter | None,
+        chain,
+        seed: int | None,
+        keyframes: list[tuple[float, Image.Image]] | None = None,
+    ) -> Rendered:
         """Sample the video; `keyframes` (time, image) are placed at their moments (the guided variants)."""
         inputs = None
         if self.generator is not None:
             inputs = {
-                "prompt": text, "seed": seed, "generator": self.generator.describe(),
+                "prompt": text,
+                "seed": seed,
+                "generator": self.generator.describe(),
                 "adapter": run.record("tuning").fingerprint if adapter is not None else None,
-            }  # fmt: skip
+            }
             if keyframes is not None:
                 inputs["keyframes"] = [{"time": t, "image": image_digest(image)} for t, image in keyframes]
         conditions = {} if keyframes is None else {"keyframes": keyframes}
@@ -465,24 +507,33 @@ class VChainPipeline:
             record.size = rendered.frames[0].size
             return rendered
 
-        return run.step("sampling", inputs, compute=compute, load=lambda _: Rendered(_read_video(run.video_path)),
-                        missing="generator")  # fmt: skip
+        return run.step(
+            "sampling",
+            inputs,
+            compute=compute,
+            load=lambda _: Rendered(_read_video(run.video_path)),
+            missing="generator",
+        )
 
     def _search_step(self, run, prompt: str, text: str, adapter, chain, seed: int, search: SearchConfig):
         """Sampling as a search: its settings, the judge (and what re-planning uses) are sampling inputs."""
         inputs = None
         if self.generator is not None:
             inputs = {
-                "prompt": text, "seed": seed, "generator": self.generator.describe(),
+                "prompt": text,
+                "seed": seed,
+                "generator": self.generator.describe(),
                 "adapter": run.record("tuning").fingerprint if adapter is not None else None,
-                "search": search.to_dict(), "judge": judge_identity(self.judge, Search.judging),
-            }  # fmt: skip
+                "search": search.to_dict(),
+                "judge": judge_identity(self.judge, Search.judging),
+            }
             if search.rounds:
                 inputs["replanning"] = {
-                    "reasoner": self.reasoner.describe(), "image_backend": self.image_backend.describe(),
+                    "reasoner": self.reasoner.describe(),
+                    "image_backend": self.image_backend.describe(),
                     "reasoning": self.reasoning.to_dict(),
                     "tuner": self.tuner.describe() if adapter is not None else None,
-                }  # fmt: skip
+                }
 
         def compute(record) -> SearchResult:
             return Search(self, run, record, search, seed, prompt)(chain, adapter, text)
@@ -491,8 +542,12 @@ class VChainPipeline:
             state = record.search
             final = state.rounds[-1] if state is not None and state.rounds else None
             if final is not None and final.round > 0:
-                return SearchResult(_read_video(run.video_path), record.prompt,
-                                    ThoughtChain.load(run.path / final.folder), adapter=None)  # fmt: skip
+                return SearchResult(
+                    _read_video(run.video_path),
+                    record.prompt,
+                    ThoughtChain.load(run.path / final.folder),
+                    adapter=None,
+                )
             return SearchResult(_read_video(run.video_path), record.prompt, chain, adapter)
 
         return run.step("sampling", inputs, compute=compute, load=load, missing="generator")
@@ -502,8 +557,10 @@ class VChainPipeline:
         fps = self.generator.fps if self.generator is not None else DEFAULT_FPS
         inputs = {
             "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,
-            "interpolator": self.interpolator.describe(), "num_frames": num_frames, "fps": fps,
-        }  # fmt: skip
+            "interpolator": self.interpolator.describe(),
+            "num_frames": num_frames,
+            "fps": fps,
+        }
         if self.generator is None and run.finished("sampling", None):
             inputs = None  # the frame count and rate were the generator's: keep what was made with them
 

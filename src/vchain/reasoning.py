@@ -203,8 +203,16 @@ def reason(
         answer = loop.log.answers.get(index)
         if answer is None:
             composite = stitch(chain.images, config.composite_max_pixels)
-            reply = loop.call(NextKeyframe, "perception", index, reasoner, "next_keyframe", chain, composite,
-                              accept=functools.partial(_check_time, chain))  # fmt: skip
+            reply = loop.call(
+                NextKeyframe,
+                "perception",
+                index,
+                reasoner,
+                "next_keyframe",
+                chain,
+                composite,
+                accept=functools.partial(_check_time, chain),
+            )
             answer = KeyframeAnswer(index=index, caption=reply.caption, is_last=reply.is_last, time=reply.time)
             loop.log.record_answer(answer)
         else:
@@ -265,8 +273,7 @@ class _Loop:
         if config.color_correction > 0:
             from vchain.color import ColorCorrector
 
-            self.corrector = ColorCorrector(config.color_correction, records=log.corrections,
-                                            block_size=COLOR_BLOCK)  # fmt: skip
+            self.corrector = ColorCorrector(config.color_correction, records=log.corrections, block_size=COLOR_BLOCK)
 
     def keyframe(self, chain: ThoughtChain, index: int, caption: str) -> Image.Image:
         """Keyframe `index`: drawn, fitted to the frame, colour-corrected and, when asked, verified.
@@ -284,19 +291,22 @@ class _Loop:
                 self.log.record_correction(index, correction)
             if not self.config.verify_keyframes:
                 return image
-            verdict = self.call(KeyframeVerdict, "verify", index, self.reasoner, "verify_keyframe", chain, image,
-                                caption)  # fmt: skip
+            verdict = self.call(
+                KeyframeVerdict, "verify", index, self.reasoner, "verify_keyframe", chain, image, caption
+            )
             self.log.record_check(KeyframeCheck(index=index, matches=verdict.matches, problem=verdict.problem))
             if verdict.matches:
                 return image
             if redos >= self.config.max_redos:
-                logger.warning("Keyframe %d kept after %d redraw(s); the verifier still says: %s", index, redos,
-                               verdict.problem)  # fmt: skip
+                logger.warning(
+                    "Keyframe %d kept after %d redraw(s); the verifier still says: %s", index, redos, verdict.problem
+                )
                 return image
             redos += 1
             problem = verdict.problem or "it does not show what the caption describes"
-            logger.info("Keyframe %d rejected (%s); drawing it again (%d/%d)", index, problem, redos,
-                        self.config.max_redos)  # fmt: skip
+            logger.info(
+                "Keyframe %d rejected (%s); drawing it again (%d/%d)", index, problem, redos, self.config.max_redos
+            )
 
     def _draw(self, chain: ThoughtChain, index: int, caption: str, problem: str | None) -> Image.Image:
         width, height = self.frame
@@ -306,8 +316,9 @@ class _Loop:
             return self.call(Image.Image, "generate", 0, backend, "generate", prompt, width=width, height=height)
         references = edit_references(chain.images, backend.max_references, self.config.edit_inputs)
         instruction = backend.instruction(caption, problem)
-        return self.call(Image.Image, "edit", index, backend, "edit", references, instruction, width=width,
-                         height=height)  # fmt: skip
+        return self.call(
+            Image.Image, "edit", index, backend, "edit", references, instruction, width=width, height=height
+        )
 
 
 class ChatReasoner(Reasoner):
@@ -466,16 +477,19 @@ class _Caller:
                 if attempt == attempts:
                     raise StageError(
                         f"malformed answer {attempt} times in a row, giving up: {e}",
-                        stage="reasoning", step=step, index=index,
-                    ) from e  # fmt: skip
+                        stage="reasoning",
+                        step=step,
+                        index=index,
+                    ) from e
                 logger.warning("Malformed answer at %s (attempt %d/%d): %s", step, attempt, attempts, e)
             except (RefusalError, BackendError, _WrongAnswer) as e:
                 raise StageError(str(e), stage="reasoning", step=step, index=index) from e
             except VChainError:
                 raise
             except Exception as e:
-                raise StageError(f"{where} raised {type(e).__name__}: {e}", stage="reasoning", step=step,
-                                 index=index) from e  # fmt: skip
+                raise StageError(
+                    f"{where} raised {type(e).__name__}: {e}", stage="reasoning", step=step, index=index
+                ) from e
         raise AssertionError("unreachable")
 
 

@@ -467,12 +467,18 @@ def _search_rows(outcomes: list[SearchOutcome], variants: list[str]) -> list[_Se
         if not mine:
             continue
         label = "best-of-n" if len({o.variant for o in outcomes}) == 1 else f"{variant} best-of-n"
-        rows.append(_SearchRow(
-            label, len(mine), float(np.mean([o.candidates for o in mine])),
-            float(np.mean([o.chosen.objective for o in mine])), float(np.mean([o.first.objective for o in mine])),
-            float(np.mean([o.lowest for o in mine])), float(np.mean([o.highest for o in mine])),
-            {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
-        ))  # fmt: skip
+        rows.append(
+            _SearchRow(
+                label,
+                len(mine),
+                float(np.mean([o.candidates for o in mine])),
+                float(np.mean([o.chosen.objective for o in mine])),
+                float(np.mean([o.first.objective for o in mine])),
+                float(np.mean([o.lowest for o in mine])),
+                float(np.mean([o.highest for o in mine])),
+                {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
+            )
+        )
     return rows
 
 
@@ -496,31 +502,43 @@ def chart(rows: list[SummaryRow]) -> Markup:
     def y(score: float) -> float:
         return top + (5 - score) / 4 * plot_height
 
-    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="mean score per dimension and variant, '
-             'with 95% intervals" font-size="11" font-family="system-ui, sans-serif">']  # fmt: skip
+    parts = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="mean score per dimension and variant, '
+        'with 95% intervals" font-size="11" font-family="system-ui, sans-serif">'
+    ]
     for score in range(1, 6):
-        parts.append(f'<line x1="{left}" x2="{width - 8}" y1="{y(score):.1f}" y2="{y(score):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 8}" y="{y(score) + 4:.1f}" text-anchor="end">{score}</text>')  # fmt: skip
+        parts.append(
+            f'<line x1="{left}" x2="{width - 8}" y1="{y(score):.1f}" y2="{y(score):.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 8}" y="{y(score) + 4:.1f}" text-anchor="end">{score}</text>'
+        )
     for i, dimension in enumerate(DIMENSIONS):
         x0 = left + i * group_width
-        parts.append(f'<text x="{x0 + group_width / 2:.1f}" y="{top + plot_height + 16}" text-anchor="middle">'
-                     f"{escape(dimension.replace('_', ' '))}</text>")  # fmt: skip
+        parts.append(
+            f'<text x="{x0 + group_width / 2:.1f}" y="{top + plot_height + 16}" text-anchor="middle">'
+            f"{escape(dimension.replace('_', ' '))}</text>"
+        )
         for j, row in enumerate(variants):
             e, colour = row.estimates.get(dimension), PALETTE[j % len(PALETTE)]
             if e is None:
                 continue
             x = x0 + 12 + (j + 0.5) * (group_width - 24) / len(variants)
             interval = "no interval" if e.low is None else f"[{e.low:.2f}, {e.high:.2f}]"
-            parts.append(f'<g class="estimate"><title>{escape(row.variant)}, {escape(dimension)}: {e.mean:.2f} '
-                         f"{interval}</title>")  # fmt: skip
+            parts.append(
+                f'<g class="estimate"><title>{escape(row.variant)}, {escape(dimension)}: {e.mean:.2f} '
+                f"{interval}</title>"
+            )
             if e.low is not None:
-                parts.append(f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{y(e.high):.1f}" '
-                             f'y2="{y(e.low):.1f}" stroke="{colour}" stroke-width="2"/>')  # fmt: skip
+                parts.append(
+                    f'<line class="interval" x1="{x:.1f}" x2="{x:.1f}" y1="{y(e.high):.1f}" '
+                    f'y2="{y(e.low):.1f}" stroke="{colour}" stroke-width="2"/>'
+                )
             parts.append(f'<circle cx="{x:.1f}" cy="{y(e.mean):.1f}" r="4" fill="{colour}"/></g>')
     for j, row in enumerate(variants):
         ly = top + plot_height + 34 + 18 * j
-        parts.append(f'<circle cx="{left + 6}" cy="{ly - 4}" r="4" fill="{PALETTE[j % len(PALETTE)]}"/>'
-                     f'<text x="{left + 16}" y="{ly}">{escape(row.variant)} (n {row.n})</text>')  # fmt: skip
+        parts.append(
+            f'<circle cx="{left + 6}" cy="{ly - 4}" r="4" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{left + 16}" y="{ly}">{escape(row.variant)} (n {row.n})</text>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

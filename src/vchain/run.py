@@ -537,8 +537,9 @@ class RunDirectory:
                     "it is not redone silently: pass overwrite=True (--overwrite) to redo the run, or choose "
                     "another folder"
                 )
-            logger.info("%s: %s inputs changed (%s); redoing %s and what depends on it", self.path, stage, changes,
-                        stage)  # fmt: skip
+            logger.info(
+                "%s: %s inputs changed (%s); redoing %s and what depends on it", self.path, stage, changes, stage
+            )
         elif record.status in ("running", "failed"):
             logger.info("%s: resuming %s", self.path, stage)
         self._check_writable()

@@ -44,10 +44,13 @@ def composite_prompt(chain: ThoughtChain, generator: VideoGenerator | None) -> s
     dropped = len(captions) - len(kept)
     still_long = generator.prompt_tokens(text)[0] > limit
     logger.warning(
-        "The composite prompt of %r has %d tokens, over the text encoder's %d: dropped %d middle "
-        "caption(s) to fit%s.", chain.name, counted[0], limit, dropped,
+        "The composite prompt of %r has %d tokens, over the text encoder's %d: dropped %d middle caption(s) to fit%s.",
+        chain.name,
+        counted[0],
+        limit,
+        dropped,
         "; still too long, the encoder will truncate the end" if still_long else "",
-    )  # fmt: skip
+    )
     return text
 
 
@@ -76,8 +79,9 @@ def render(
         except VChainError:
             raise
         except Exception as e:
-            raise StageError(f"{type(generator).__name__}.sample() raised {type(e).__name__}: {e}",
-                             stage="sampling") from e  # fmt: skip
+            raise StageError(
+                f"{type(generator).__name__}.sample() raised {type(e).__name__}: {e}", stage="sampling"
+            ) from e
         if not seconds:
             seconds["sample"] = round(time.perf_counter() - start, 3)
     return Rendered(_checked_frames(frames, f"{type(generator).__name__}.sample()"), dict(seconds))
@@ -86,11 +90,15 @@ def render(
 def _checked_frames(frames: object, where: str, count: int | None = None) -> list[Image.Image]:
     """A backend's frames, refused (naming `where`) unless a non-empty list of same-size PIL images."""
     if not isinstance(frames, list) or not frames or not all(isinstance(f, Image.Image) for f in frames):
-        raise StageError(f"{where} must return a non-empty list of PIL images, got {type(frames).__name__}: "
-                         f"{frames!r:.80}", stage="sampling")  # fmt: skip
+        raise StageError(
+            f"{where} must return a non-empty list of PIL images, got {type(frames).__name__}: {frames!r:.80}",
+            stage="sampling",
+        )
     if len({frame.size for frame in frames}) != 1 or 0 in frames[0].size:
-        raise StageError(f"{where} returned frames of sizes {sorted({f.size for f in frames})}; they must share one "
-                         "non-empty size", stage="sampling")  # fmt: skip
+        raise StageError(
+            f"{where} returned frames of sizes {sorted({f.size for f in frames})}; they must share one non-empty size",
+            stage="sampling",
+        )
     if count is not None and len(frames) != count:
         raise StageError(f"{where} returned {len(frames)} frames, {count} were asked for", stage="sampling")
     return frames

@@ -153,8 +153,9 @@ class Search:
 
     judging = JudgingConfig()
 
-    def __init__(self, pipe: Any, run: RunDirectory, record: SamplingRecord, config: SearchConfig,
-                 seed: int, prompt: str):  # fmt: skip
+    def __init__(
+        self, pipe: Any, run: RunDirectory, record: SamplingRecord, config: SearchConfig, seed: int, prompt: str
+    ):
         self.pipe, self.run, self.record, self.config, self.seed, self.prompt = pipe, run, record, config, seed, prompt
         if record.search is None:
             record.search = SearchRecord(judge=judge_identity(pipe.judge, self.judging))
@@ -203,15 +204,22 @@ class Search:
             chain = self.run.partial_chain(current.folder, current)
             if chain is None:
                 logger.info("Search round %d: revising the plan from the critique", current.round)
-                plan = revise(previous, current.critique, pipe.reasoner, pipe.reasoning, meter=self.meter,
-                              index=current.round)  # fmt: skip
+                plan = revise(
+                    previous, current.critique, pipe.reasoner, pipe.reasoning, meter=self.meter, index=current.round
+                )
                 chain = ThoughtChain.from_plan(self.prompt, plan)
                 log.commit(chain)
             if not current.reasoned:
                 result = reason(
-                    self.prompt, pipe.reasoner, pipe.image_backend, pipe.reasoning, chain=chain, log=log,
-                    frame=keyframe_frame(pipe.reasoning, pipe.generator), meter=self.meter,
-                )  # fmt: skip
+                    self.prompt,
+                    pipe.reasoner,
+                    pipe.image_backend,
+                    pipe.reasoning,
+                    chain=chain,
+                    log=log,
+                    frame=keyframe_frame(pipe.reasoning, pipe.generator),
+                    meter=self.meter,
+                )
                 chain, current.stop_reason, current.reasoned = result.chain, result.stop_reason, True
                 self.run.add_outputs("sampling", [self._where(current, name) for name in chain_files(chain)])
         finally:
@@ -267,8 +275,14 @@ class Search:
             for candidate in current.candidates:
                 if candidate.objective is not None:
                     continue
-                scores = ask_judge(self.pipe.judge, self.prompt, self.run.path / candidate.video, self.judging,
-                                   self.meter, index=candidate.seed)  # fmt: skip
+                scores = ask_judge(
+                    self.pipe.judge,
+                    self.prompt,
+                    self.run.path / candidate.video,
+                    self.judging,
+                    self.meter,
+                    index=candidate.seed,
+                )
                 candidate.scores = {d: scores.score(d) for d in DIMENSIONS}
                 candidate.reasons = {d: scores.reason(d) for d in DIMENSIONS}
                 candidate.objective = objective_score(candidate.scores, self.config.objective)
@@ -293,8 +307,13 @@ class Search:
         prompt = self._prompt(winning_round, chain)
         self.record.prompt, self.record.seed = prompt, winner.seed
         self.record.frames, self.record.size = len(frames), frames[0].size
-        logger.info("Search: round %d, seed %d wins with %.2f over %s", winning_round.round, winner.seed,
-                    winner.objective, ", ".join(self.config.objective))  # fmt: skip
+        logger.info(
+            "Search: round %d, seed %d wins with %.2f over %s",
+            winning_round.round,
+            winner.seed,
+            winner.objective,
+            ", ".join(self.config.objective),
+        )
         return SearchResult(frames, prompt, chain, adapter)
 
     def _keep_scores(self, winner: CandidateRecord) -> None:
@@ -304,8 +323,14 @@ class Search:
         key = fingerprint(identity)
         scores = VideoScores(**winner.scores, **{f"{d}_reason": reason for d, reason in winner.reasons.items()})
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        entry = ScoreEntry(key=key, judge=identity["judge"], frames=self.judging.frames, scores=scores,
-                           video_sha256=file_digest(self.run.video_path), judged=now)  # fmt: skip
+        entry = ScoreEntry(
+            key=key,
+            judge=identity["judge"],
+            frames=self.judging.frames,
+            scores=scores,
+            video_sha256=file_digest(self.run.video_path),
+            judged=now,
+        )
         scores_file = read_scores(self.run.path)
         scores_file.entries = [e for e in scores_file.entries if e.key != key] + [entry]
         _io.write_json(self.run.path / SCORES_FILE, scores_file.model_dump(mode="json"))
@@ -343,8 +368,10 @@ def check_search(search: object, judge: object, seed: object) -> SearchConfig | 
 def check_applies(search: SearchConfig, spec: Variant, output_dir: object, stop_after: str | None = None) -> None:
     """A search that cannot run for variant `spec` is refused before any work, naming why."""
     if output_dir is None:
-        raise ConfigurationError("search needs output_dir: every candidate's video and scores are kept in the "
-                                 "run folder, and a stopped search resumes from it")  # fmt: skip
+        raise ConfigurationError(
+            "search needs output_dir: every candidate's video and scores are kept in the "
+            "run folder, and a stopped search resumes from it"
+        )
     if spec.render != "generator":
         raise ConfigurationError(f"search does not apply to {spec.name!r}, whose frames do not depend on a seed")
     if stop_after is not None:
@@ -400,6 +427,13 @@ def search_outcome(manifest: Manifest) -> SearchOutcome | None:
     first = min(state.rounds[0].candidates, key=lambda c: c.seed)
     objective = tuple(record.inputs.get("search", {}).get("objective", ()))
     return SearchOutcome(
-        manifest.variant, len(judged), state.winner_round, state.winner_seed, chosen, first,
-        min(c.objective for c in judged), max(c.objective for c in judged), objective,
-    )  # fmt: skip
+        manifest.variant,
+        len(judged),
+        state.winner_round,
+        state.winner_seed,
+        chosen,
+        first,
+        min(c.objective for c in judged),
+        max(c.objective for c in judged),
+        objective,
+    )

@@ -235,9 +235,12 @@ def run_suite(
                         folder.manifest.case = run.record()
                         folder.save()
                 pipe(
-                    run.prompt, run.path, variant=run.variant, seed=run.seed,
+                    run.prompt,
+                    run.path,
+                    variant=run.variant,
+                    seed=run.seed,
                     search=for_variant(search, VARIANTS[run.variant]),
-                )  # fmt: skip
+                )
             outcomes.append({"run": run.id, "status": "done"})
         except Exception as e:  # one broken case must not stop the suite
             logger.error("Run %s failed: %s", run.id, e)
@@ -253,15 +256,32 @@ def run_suite(
 
 
 SUMMARY_COLUMNS = (
-    "run", "case_id", "variant", "seed", "status", "reasoning_s", "tuning_s", "sampling_s", "requests",
-    "input_tokens", "output_tokens", "images", "keyframes",
-)  # fmt: skip
+    "run",
+    "case_id",
+    "variant",
+    "seed",
+    "status",
+    "reasoning_s",
+    "tuning_s",
+    "sampling_s",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "images",
+    "keyframes",
+)
 # A searched run adds a `best-of-n` row: the chosen candidate's scores, the objective of the first candidate
 # (the run's own seed: what no search would have kept) and the spread of the objective over all candidates.
 SEARCH_COLUMNS = (
-    "candidates", "chosen_round", "chosen_seed", "objective", "first_objective", "objective_min", "objective_max",
+    "candidates",
+    "chosen_round",
+    "chosen_seed",
+    "objective",
+    "first_objective",
+    "objective_min",
+    "objective_max",
     *DIMENSIONS,
-)  # fmt: skip
+)
 
 
 def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
@@ -278,28 +298,54 @@ def write_summary(root: str | Path, runs: Sequence[SuiteRun]) -> Path:
             logger.warning("Skipping %s in the summary: %s", run.id, e)
             manifest = None
         if manifest is None:
-            rows.append({**dict.fromkeys(columns, ""), "run": run.id, "case_id": run.case_id,
-                         "variant": run.variant, "seed": run.seed, "status": "missing"})  # fmt: skip
+            rows.append(
+                {
+                    **dict.fromkeys(columns, ""),
+                    "run": run.id,
+                    "case_id": run.case_id,
+                    "variant": run.variant,
+                    "seed": run.seed,
+                    "status": "missing",
+                }
+            )
             continue
         stages, usage = manifest.stages, manifest.usage
-        rows.append({
-            "run": run.id, "case_id": run.case_id, "variant": run.variant, "seed": run.seed,
-            "status": manifest.status(),
-            **{f"{s}_s": getattr(stages, s).total_seconds for s in STAGES},
-            "requests": usage.requests, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "images": usage.images_out, "keyframes": stages.reasoning.keyframes or "",
-            **dict.fromkeys(SEARCH_COLUMNS, ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": run.id,
+                "case_id": run.case_id,
+                "variant": run.variant,
+                "seed": run.seed,
+                "status": manifest.status(),
+                **{f"{s}_s": getattr(stages, s).total_seconds for s in STAGES},
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "images": usage.images_out,
+                "keyframes": stages.reasoning.keyframes or "",
+                **dict.fromkeys(SEARCH_COLUMNS, ""),
+            }
+        )
         outcome = search_outcome(manifest)
         if outcome is not None:
-            rows.append({
-                **dict.fromkeys(columns, ""), "run": run.id, "case_id": run.case_id, "variant": "best-of-n",
-                "seed": run.seed, "status": manifest.status(),
-                "candidates": outcome.candidates, "chosen_round": outcome.winner_round,
-                "chosen_seed": outcome.winner_seed, "objective": round(outcome.chosen.objective, 3),
-                "first_objective": round(outcome.first.objective, 3), "objective_min": round(outcome.lowest, 3),
-                "objective_max": round(outcome.highest, 3), **outcome.chosen.scores,
-            })  # fmt: skip
+            rows.append(
+                {
+                    **dict.fromkeys(columns, ""),
+                    "run": run.id,
+                    "case_id": run.case_id,
+                    "variant": "best-of-n",
+                    "seed": run.seed,
+                    "status": manifest.status(),
+                    "candidates": outcome.candidates,
+                    "chosen_round": outcome.winner_round,
+                    "chosen_seed": outcome.winner_seed,
+                    "objective": round(outcome.chosen.objective, 3),
+                    "first_objective": round(outcome.first.objective, 3),
+                    "objective_min": round(outcome.lowest, 3),
+                    "objective_max": round(outcome.highest, 3),
+                    **outcome.chosen.scores,
+                }
+            )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()

@@ -284,9 +284,12 @@ class LoRATuner(Tuner):
         height, width = self.config.height or generator.height, self.config.width or generator.width
         denoisers = generator.denoisers()
         signature = (
-            id(generator), height, width, self.config,
+            id(generator),
+            height,
+            width,
+            self.config,
             tuple((input_dtype(d), str(next(d.parameters()).device)) for d in denoisers),
-        )  # fmt: skip
+        )
         if signature in self._probed:
             return
         probe = self.config.replace(steps=1, log_every=1, batch_size=1, compile=False)
@@ -335,12 +338,19 @@ class LoRATuner(Tuner):
         report.seconds["fine_tune"] = round(time.perf_counter() - start, 3)
         try:
             return LoRAAdapter(
-                state_dicts, rank=config.rank, alpha=config.alpha, target_modules=targets,
-                merge=config.merge_for_sampling, report=report,
-            )  # fmt: skip
+                state_dicts,
+                rank=config.rank,
+                alpha=config.alpha,
+                target_modules=targets,
+                merge=config.merge_for_sampling,
+                report=report,
+            )
         except NumericalError as e:  # the last steps blew up after the last loss read
-            raise StageError(f"{e} after step {config.steps}; lower learning_rate (now {config.learning_rate})",
-                             stage="tuning", step="fine_tune") from e  # fmt: skip
+            raise StageError(
+                f"{e} after step {config.steps}; lower learning_rate (now {config.learning_rate})",
+                stage="tuning",
+                step="fine_tune",
+            ) from e
 
     def _train(
         self, config: LoRAConfig, generator, denoisers, targets, latents, context, report, *, progress: bool = True
@@ -426,13 +436,15 @@ class LoRATuner(Tuner):
             raise StageError(
                 f"out of memory at step {step}: {e}; try gradient_checkpointing=True "
                 "(--gradient-checkpointing), a smaller batch_size, or a smaller training size",
-                stage="tuning", step="fine_tune",
-            ) from e  # fmt: skip
+                stage="tuning",
+                step="fine_tune",
+            ) from e
         except RuntimeError as e:
             raise StageError(
                 f"tuning failed at step {step} (learning_rate {config.learning_rate}): {type(e).__name__}: {e}",
-                stage="tuning", step="fine_tune",
-            ) from e  # fmt: skip
+                stage="tuning",
+                step="fine_tune",
+            ) from e
         finally:
             compiled.close()
             for denoiser, state in zip(denoisers, saved, strict=True):

@@ -51,20 +51,52 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("t2v", "the untouched generator on the user prompt", None, False, "generator"),
-        Variant("t2v-prompt-aug", "the prompt rewritten richer by the reasoner, then plain text-to-video",
-                "augment", False, "generator"),
-        Variant("no-visual-thought", "full reasoning; only the composite prompt reaches the generator, no tuning",
-                "chain", False, "generator"),
-        Variant("no-sparse-tuning", "the keyframes turned straight into frames by the interpolator",
-                "chain", False, "interpolator"),
-        Variant("vchain", "reasoning, sparse tuning on the keyframes, sampling from the composite prompt",
-                "chain", True, "generator"),
-        Variant("keyframe-guided", "reasoning; the keyframes placed at their moments in a keyframe-conditioned "
-                "generator (VACE), no tuning", "chain", False, "generator", guided=True),
-        Variant("vchain-guided", "reasoning, sparse tuning on the keyframes, then sampling with them placed at their "
-                "moments", "chain", True, "generator", guided=True),
+        Variant(
+            "t2v-prompt-aug",
+            "the prompt rewritten richer by the reasoner, then plain text-to-video",
+            "augment",
+            False,
+            "generator",
+        ),
+        Variant(
+            "no-visual-thought",
+            "full reasoning; only the composite prompt reaches the generator, no tuning",
+            "chain",
+            False,
+            "generator",
+        ),
+        Variant(
+            "no-sparse-tuning",
+            "the keyframes turned straight into frames by the interpolator",
+            "chain",
+            False,
+            "interpolator",
+        ),
+        Variant(
+            "vchain",
+            "reasoning, sparse tuning on the keyframes, sampling from the composite prompt",
+            "chain",
+            True,
+            "generator",
+        ),
+        Variant(
+            "keyframe-guided",
+            "reasoning; the keyframes placed at their moments in a keyframe-conditioned generator (VACE), no tuning",
+            "chain",
+            False,
+            "generator",
+            guided=True,
+        ),
+        Variant(
+            "vchain-guided",
+            "reasoning, sparse tuning on the keyframes, then sampling with them placed at their moments",
+            "chain",
+            True,
+            "generator",
+            guided=True,
+        ),
     )
-}  # fmt: skip
+}
 # The five rows of the paper's Table 1, in its order.
 TABLE_1 = ("t2v", "t2v-prompt-aug", "no-visual-thought", "no-sparse-tuning", "vchain")
 

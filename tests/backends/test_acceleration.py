@@ -92,8 +92,9 @@ def test_compile_traces_the_blocks_once_for_every_prompt_seed_and_merged_adapter
 
 def test_compile_of_a_model_without_diffusers_block_list_finds_its_blocks(cogvideox):
     base = latent(cogvideox)
-    fast = CogVideoXVideoGenerator(cogvideox.pipeline, compile=True, compile_backend="vchain_counting",
-                                   **COGVIDEOX_SIZE)  # fmt: skip
+    fast = CogVideoXVideoGenerator(
+        cogvideox.pipeline, compile=True, compile_backend="vchain_counting", **COGVIDEOX_SIZE
+    )
     RUNS.clear()
     assert torch.equal(latent(fast), base)
     assert len(RUNS) == 2 * 2  # both blocks compiled (CFG is one batch here), 2 steps
@@ -163,12 +164,17 @@ def test_the_step_cache_skips_blocks_and_a_tiny_threshold_changes_nothing(reques
 
 def test_switches_combine_and_are_recorded(wan):
     base = latent(wan)
-    fast = WanVideoGenerator(wan.pipeline, compile=True, compile_backend="vchain_counting",
-                             attention_backend="native", **SIZE)  # fmt: skip
+    fast = WanVideoGenerator(
+        wan.pipeline, compile=True, compile_backend="vchain_counting", attention_backend="native", **SIZE
+    )
     assert torch.equal(latent(fast), base)
-    assert fast.describe()["acceleration"] == {"compile": True, "compile_backend": "vchain_counting",
-                                               "attention_backend": "native", "cache": None,
-                                               "cache_threshold": 0.05}  # fmt: skip
+    assert fast.describe()["acceleration"] == {
+        "compile": True,
+        "compile_backend": "vchain_counting",
+        "attention_backend": "native",
+        "cache": None,
+        "cache_threshold": 0.05,
+    }
     assert wan.describe()["acceleration"]["compile"] is False
     assert compiled_modules(fast) == [] and torch.equal(latent(wan), base)
 

@@ -162,9 +162,12 @@ def test_the_real_5b_config_gets_lora_on_all_252_block_linears():
 
     with torch.device("meta"):
         transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=48, attention_head_dim=64, num_layers=42, patch_bias=False,
+            num_attention_heads=48,
+            attention_head_dim=64,
+            num_layers=42,
+            patch_bias=False,
             use_rotary_positional_embeddings=True,
-        )  # fmt: skip
+        )
     transformer.add_adapter(CogVideoXLoRAConfig().lora_config(COGVIDEOX_LORA_TARGETS), adapter_name="vchain")
     lora_layers = [m for m in transformer.modules() if isinstance(m, LoraLayer)]
     trainable = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)

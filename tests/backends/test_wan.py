@@ -80,10 +80,19 @@ def test_the_real_wan21_config_gets_lora_on_all_300_block_linears():
 
     with torch.device("meta"):
         transformer = WanTransformer3DModel(
-            attention_head_dim=128, num_attention_heads=12, num_layers=30, ffn_dim=8960, text_dim=4096,
-            freq_dim=256, in_channels=16, out_channels=16, patch_size=(1, 2, 2),
-            qk_norm="rms_norm_across_heads", cross_attn_norm=True, eps=1e-6,
-        )  # fmt: skip
+            attention_head_dim=128,
+            num_attention_heads=12,
+            num_layers=30,
+            ffn_dim=8960,
+            text_dim=4096,
+            freq_dim=256,
+            in_channels=16,
+            out_channels=16,
+            patch_size=(1, 2, 2),
+            qk_norm="rms_norm_across_heads",
+            cross_attn_norm=True,
+            eps=1e-6,
+        )
     transformer.add_adapter(WanLoRAConfig().lora_config(WAN_LORA_TARGETS), adapter_name="vchain")
     lora_layers = [m for m in transformer.modules() if isinstance(m, LoraLayer)]
     trainable = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n)

@@ -70,8 +70,9 @@ def test_the_pipeline_receives_each_keyframe_at_its_frame(vace):
 def test_keyframes_change_the_video_and_none_is_text_to_video(vace):
     plain = vace.sample("an egg falls", seed=0, output_type="np")
     again = vace.sample("an egg falls", seed=0, output_type="np", keyframes=[])
-    guided = vace.sample("an egg falls", seed=0, output_type="np",
-                         keyframes=[(0.5, Image.new("RGB", (32, 32), (255, 0, 0)))])  # fmt: skip
+    guided = vace.sample(
+        "an egg falls", seed=0, output_type="np", keyframes=[(0.5, Image.new("RGB", (32, 32), (255, 0, 0)))]
+    )
     assert np.array_equal(plain, again)
     assert np.abs(plain - guided).max() > 1e-3
 
@@ -88,8 +89,9 @@ def test_keyframes_change_the_video_and_none_is_text_to_video(vace):
 )
 def test_bad_keyframes_are_refused_naming_the_value(vace, keyframes, message):
     image = draw_image("x", 32, 32)
-    keyframes = [tuple(image if part == "image" else part for part in k) if isinstance(k, tuple) else k
-                 for k in keyframes]  # fmt: skip
+    keyframes = [
+        tuple(image if part == "image" else part for part in k) if isinstance(k, tuple) else k for k in keyframes
+    ]
     with pytest.raises(ConfigurationError, match=message):
         vace.sample("p", keyframes=keyframes)
 

@@ -25,11 +25,16 @@ PLAN = {"thoughts": "T.", "consequences": "C.", "context_frame": "F.", "concise_
 
 def _completion(content: dict) -> bytes:
     message = {"role": "assistant", "content": json.dumps(content)}
-    return json.dumps({
-        "id": "c", "object": "chat.completion", "created": 0, "model": "gpt-4o",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    ).encode()
 
 
 class _Server:

@@ -88,8 +88,9 @@ def test_run_suite_misuse_is_a_clear_error_before_any_work(change, fragments, tm
     made = []
     (tmp_path / "afile").write_text("x")
     arguments = {"make_pipeline": lambda: made.append(1) or toy_pipeline(), "root": tmp_path / "suite"}
-    arguments.update({k: v.format(file=tmp_path / "afile") if isinstance(v, str) and k == "root" else v
-                      for k, v in change.items()})  # fmt: skip
+    arguments.update(
+        {k: v.format(file=tmp_path / "afile") if isinstance(v, str) and k == "root" else v for k, v in change.items()}
+    )
     with pytest.raises(ConfigurationError) as error:
         run_suite(**arguments)
     assert_names(str(error.value), *fragments)

@@ -138,8 +138,10 @@ def test_a_judge_on_a_tree_another_process_holds_is_refused_before_any_request(j
     root, judge = judged_tree
     holder = subprocess.Popen(
         [sys.executable, "-c", f"from vchain.run import hold\nwith hold({str(root)!r}):\n    input()"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         for _ in range(200):
             if (root / ".lock").is_file() and (root / ".lock").read_text().startswith("pid"):

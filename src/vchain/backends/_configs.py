@@ -123,8 +123,14 @@ class WanSamplingConfig(Config):
         max_size: tuple[int, int] | None = None,
     ) -> WanSamplingConfig:
         """Raise `ConfigurationError` for sizes the model cannot render (it would round them silently)."""
-        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
-                              frame_stride=temporal_stride, max_size=max_size)  # fmt: skip
+        errors = frame_errors(
+            self.height,
+            self.width,
+            spatial_multiple,
+            num_frames=self.num_frames,
+            frame_stride=temporal_stride,
+            max_size=max_size,
+        )
         if errors:
             raise ConfigurationError("invalid Wan sampling settings: " + "; ".join(errors))
         return self
@@ -176,8 +182,15 @@ class CogVideoXSamplingConfig(Config):
     ) -> CogVideoXSamplingConfig:
         """Raise `ConfigurationError` for sizes the model cannot render (stock diffusers would round the
         frame count silently, or fail deep inside on a size that is not a multiple of 16)."""
-        errors = frame_errors(self.height, self.width, spatial_multiple, num_frames=self.num_frames,
-                              frame_stride=frame_stride, typical_frames=49, max_size=max_size)  # fmt: skip
+        errors = frame_errors(
+            self.height,
+            self.width,
+            spatial_multiple,
+            num_frames=self.num_frames,
+            frame_stride=frame_stride,
+            typical_frames=49,
+            max_size=max_size,
+        )
         if errors:
             raise ConfigurationError("invalid CogVideoX sampling settings: " + "; ".join(errors))
         return self

@@ -104,16 +104,23 @@ FAMILIES: dict[str, ImageFamily] = {
     for family in (
         # Qwen's model card: 1 to 3 input images; its classifier-free guidance is "true CFG" and is
         # only on when a negative prompt is given (one space, as the card does).
-        ImageFamily("qwen-image-edit-plus", "QwenImageEditPlusPipeline", max_references=3,
-                    text_to_image="QwenImagePipeline", guidance="true_cfg_scale", negative_prompt=" "),
+        ImageFamily(
+            "qwen-image-edit-plus",
+            "QwenImageEditPlusPipeline",
+            max_references=3,
+            text_to_image="QwenImagePipeline",
+            guidance="true_cfg_scale",
+            negative_prompt=" ",
+        ),
         # Black Forest Labs: up to 4 references for klein 4B and 9B. Flux2ImageProcessor refuses images
         # under 64 pixels a side. The distilled checkpoints sample in 4 steps without guidance.
-        ImageFamily("flux2-klein", "Flux2KleinPipeline", max_references=4, min_reference_side=64,
-                    distilled_defaults=(4, 1.0)),
+        ImageFamily(
+            "flux2-klein", "Flux2KleinPipeline", max_references=4, min_reference_side=64, distilled_defaults=(4, 1.0)
+        ),
         # Kontext conditions on one image (a list would be a batch) and draws at `max_area` pixels.
         ImageFamily("flux-kontext", "FluxKontextPipeline", max_references=1, area="max_area"),
     )
-}  # fmt: skip
+}
 
 
 class DiffusersImageConfig(Config):
@@ -229,9 +236,15 @@ class DiffusersImageBackend(ImageBackend):
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
         check_hub_options(variant=variant)
         source = resolve_pretrained(
-            id_or_dir, what="image model weights", marker="model_index.json", argument="id_or_dir",
-            revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only,
-        )  # fmt: skip
+            id_or_dir,
+            what="image model weights",
+            marker="model_index.json",
+            argument="id_or_dir",
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
         if variant:
             kwargs["variant"] = variant
         import diffusers
@@ -362,11 +375,15 @@ class DiffusersImageBackend(ImageBackend):
         width, height = (max(multiple, round(side / multiple) * multiple) for side in (width, height))
         family = self.family
         kwargs: dict[str, Any] = {
-            "prompt": prompt, "height": height, "width": width, "num_inference_steps": self.num_inference_steps,
-            family.guidance: self.guidance_scale, "output_type": "np",
+            "prompt": prompt,
+            "height": height,
+            "width": width,
+            "num_inference_steps": self.num_inference_steps,
+            family.guidance: self.guidance_scale,
+            "output_type": "np",
             # A CPU generator gives the same noise on every device.
             "generator": torch.Generator("cpu").manual_seed(self.config.seed),
-        }  # fmt: skip
+        }
         if family.negative_prompt is not None and self.guidance_scale > 1:
             kwargs["negative_prompt"] = family.negative_prompt
         if family.area is not None:
@@ -378,8 +395,9 @@ class DiffusersImageBackend(ImageBackend):
         try:
             pixels = np.asarray(pipeline(**kwargs).images[0])
         except Exception as e:
-            report_request(**record, outcome="failed", seconds=time.perf_counter() - start,
-                           error=f"{type(e).__name__}: {e}")  # fmt: skip
+            report_request(
+                **record, outcome="failed", seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {e}"
+            )
             raise BackendError(f"{type(pipeline).__name__} failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
         if not np.isfinite(pixels).all():

@@ -129,9 +129,12 @@ class DiffusersVideoGenerator(TunableGenerator):
         self.pipeline = pipeline
         self.config = self._checked(self.sampling_class(**sampling))
         self.acceleration = Acceleration(
-            compile=compile, compile_backend=compile_backend, attention_backend=attention_backend,
-            cache=cache, cache_threshold=cache_threshold,
-        )  # fmt: skip
+            compile=compile,
+            compile_backend=compile_backend,
+            attention_backend=attention_backend,
+            cache=cache,
+            cache_threshold=cache_threshold,
+        )
         if self.acceleration.attention_backend is not None:
             self._check_dispatched()
         self.offload_text_encoder = _checked_flag(offload_text_encoder, "offload_text_encoder")
@@ -179,8 +182,15 @@ class DiffusersVideoGenerator(TunableGenerator):
         if device is not None:
             check_device(device)
         check_hub_options(variant=variant)
-        source = resolve_pretrained(model_id, what=cls.what, marker="model_index.json", revision=revision,
-                                    cache_dir=cache_dir, token=token, local_files_only=local_files_only)  # fmt: skip
+        source = resolve_pretrained(
+            model_id,
+            what=cls.what,
+            marker="model_index.json",
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
         cls._check_checkpoint(model_id, source)
         try:
             pipeline = cls._load({**source, **({"variant": variant} if variant else {})}, dtype)
@@ -271,9 +281,11 @@ class DiffusersVideoGenerator(TunableGenerator):
         """Caption embeddings exactly as sampling computes them (the pipeline's own `encode_prompt`)."""
         with self.text_encoder_on_device():
             embeds, _ = self.pipeline.encode_prompt(
-                list(captions), do_classifier_free_guidance=False, max_sequence_length=self.text_tokens,
+                list(captions),
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.text_tokens,
                 device=self.device,
-            )  # fmt: skip
+            )
         return embeds
 
     def sampling_config(self, **overrides: Any):

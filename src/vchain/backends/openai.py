@@ -152,8 +152,13 @@ class _OpenAIBackend:
                 retryable = not isinstance(e, ResponseLimitError) and (
                     status is None or status in _RETRY_STATUS or status >= 500
                 )
-                report_request(model=self.model, outcome="failed", seconds=seconds, images_in=images_in,
-                               error=f"{type(e).__name__}: {e}")  # fmt: skip
+                report_request(
+                    model=self.model,
+                    outcome="failed",
+                    seconds=seconds,
+                    images_in=images_in,
+                    error=f"{type(e).__name__}: {e}",
+                )
                 if not retryable or attempt == self.max_retries:
                     scrub_exception(e)  # it stays chained to vchain's error: its traceback must hold no key
                     if isinstance(e, openai.APIStatusError):
@@ -167,8 +172,12 @@ class _OpenAIBackend:
 
     def describe(self) -> dict[str, Any]:
         # The server decides the answers as much as the model name does (another host, another model).
-        return {"class": type(self).__name__, "model": self.model, "server": server_identity(self.base_url),
-                **self._settings()}  # fmt: skip
+        return {
+            "class": type(self).__name__,
+            "model": self.model,
+            "server": server_identity(self.base_url),
+            **self._settings(),
+        }
 
     def _settings(self) -> dict[str, Any]:
         return {}

@@ -187,9 +187,16 @@ class TransformersChatModel(ChatModel):
         if device is not None:
             check_device(device)
         check_hub_options(variant=variant)
-        source = resolve_pretrained(model_id, what="reasoner weights", marker="config.json", argument="model_id",
-                                    revision=revision, cache_dir=cache_dir, token=token,
-                                    local_files_only=local_files_only)  # fmt: skip
+        source = resolve_pretrained(
+            model_id,
+            what="reasoner weights",
+            marker="config.json",
+            argument="model_id",
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+        )
         if device is not None:
             kwargs["device_map"] = device
         if variant:

@@ -194,8 +194,9 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
                 raise ConfigurationError(f"keyframe at time {time} must be a PIL image, got {type(image).__name__}")
             frame = round(time * (config.num_frames - 1))
             if frame in placed:
-                logger.warning("Keyframes at times %s and %s share frame %d; the later one is kept",
-                               placed[frame], time, frame)  # fmt: skip
+                logger.warning(
+                    "Keyframes at times %s and %s share frame %d; the later one is kept", placed[frame], time, frame
+                )
             placed[frame] = time
             video[frame] = fit_to_frame(image.convert("RGB"), config.width, config.height)
             mask[frame] = Image.new("L", size, 0)
@@ -203,8 +204,13 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
 
     def predict(self, denoiser, noisy, timestep, context) -> torch.Tensor:
         control = self._empty_control(noisy).expand(noisy.shape[0], -1, -1, -1, -1)
-        return denoiser(hidden_states=noisy, timestep=timestep, encoder_hidden_states=context,
-                        control_hidden_states=control, return_dict=False)[0]  # fmt: skip
+        return denoiser(
+            hidden_states=noisy,
+            timestep=timestep,
+            encoder_hidden_states=context,
+            control_hidden_states=control,
+            return_dict=False,
+        )[0]
 
     @torch.no_grad()
     def _empty_control(self, noisy: torch.Tensor) -> torch.Tensor:

@@ -47,9 +47,14 @@ def demo_pipeline(seed: int = 0, *, steps: int = 30):
     from vchain.pipeline import VChainPipeline
 
     generator = WanVideoGenerator(
-        tiny_wan_pipeline(seed), height=64, width=64, num_frames=17, num_inference_steps=8,
-        max_sequence_length=256, fps=8,
-    )  # fmt: skip
+        tiny_wan_pipeline(seed),
+        height=64,
+        width=64,
+        num_frames=17,
+        num_inference_steps=8,
+        max_sequence_length=256,
+        fps=8,
+    )
     return VChainPipeline(
         reasoner=DemoReasoner(),
         image_backend=DrawingImageBackend(),

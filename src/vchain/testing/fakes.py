@@ -88,10 +88,12 @@ class ScriptedReasoner(Reasoner):
             return self.revisions.pop(0)
         count = sum(call[0] == "revise" for call in self.calls)
         plan = example_plan(chain.input_prompt)
-        return plan.model_copy(update={
-            "thoughts": f"{plan.thoughts} Revision {count}, answering: {critique}",
-            "concise_prompt": f"Revision {count} of the initial state of: {chain.input_prompt}",
-        })  # fmt: skip
+        return plan.model_copy(
+            update={
+                "thoughts": f"{plan.thoughts} Revision {count}, answering: {critique}",
+                "concise_prompt": f"Revision {count} of the initial state of: {chain.input_prompt}",
+            }
+        )
 
 
 class ScriptedJudge(Judge):
@@ -105,8 +107,12 @@ class ScriptedJudge(Judge):
     `calls` records each call as (prompt, number of frames).
     """
 
-    def __init__(self, script: Sequence[int | dict[str, int]] = (3,), *, reason: str = "{dimension} scored {score} "
-                 "on call {call}."):  # fmt: skip
+    def __init__(
+        self,
+        script: Sequence[int | dict[str, int]] = (3,),
+        *,
+        reason: str = "{dimension} scored {score} on call {call}.",
+    ):
         if not script:
             raise ValueError("script must hold at least one entry, got none")
         self.script = list(script)
@@ -118,8 +124,9 @@ class ScriptedJudge(Judge):
 
         self.calls.append((prompt, len(frames)))
         entry = self.script[min(len(self.calls), len(self.script)) - 1]
-        scores = dict.fromkeys(DIMENSIONS, entry) if isinstance(entry, int) else {**dict.fromkeys(DIMENSIONS, 3),
-                                                                                   **entry}  # fmt: skip
+        scores = (
+            dict.fromkeys(DIMENSIONS, entry) if isinstance(entry, int) else {**dict.fromkeys(DIMENSIONS, 3), **entry}
+        )
         fields: dict[str, Any] = {}
         for dimension, value in scores.items():
             fields[f"{dimension}_reason"] = self.reason.format(dimension=dimension, score=value, call=len(self.calls))
