@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -78,7 +79,14 @@ class _FolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+            # The holder writes its pid line just after taking the lock: give it a moment to appear.
+            holder = ""
+            for _ in range(50):
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "an unknown process"
             os.close(fd)
             raise ConfigurationError(
                 f"output_dir {str(folder)!r} is in use by another vchain process ({holder}); wait for it to "
