@@ -11,6 +11,7 @@ docs/open-weights.md gives the margins and docs/benchmarks.md the video generato
 from __future__ import annotations
 
 import torch
+from harness import UMT5_XXL, WAN21_1_3B
 
 GIB = 2**30
 
@@ -110,31 +111,9 @@ def wan(heads: int, layers: int, ffn: int) -> dict[str, int]:
     from transformers import UMT5Config, UMT5EncoderModel
 
     with torch.device("meta"):
-        transformer = WanTransformer3DModel(
-            attention_head_dim=128,
-            num_attention_heads=heads,
-            num_layers=layers,
-            ffn_dim=ffn,
-            text_dim=4096,
-            freq_dim=256,
-            in_channels=16,
-            out_channels=16,
-            patch_size=(1, 2, 2),
-            qk_norm="rms_norm_across_heads",
-            cross_attn_norm=True,
-            eps=1e-6,
-        )
-        umt5 = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=256384,
-                d_model=4096,
-                d_ff=10240,
-                num_layers=24,
-                num_heads=64,
-                d_kv=64,
-                feed_forward_proj="gated-gelu",
-            )
-        )
+        config = {**WAN21_1_3B, "num_attention_heads": heads, "num_layers": layers, "ffn_dim": ffn}
+        transformer = WanTransformer3DModel(**config)
+        umt5 = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
         vae = AutoencoderKLWan()
     return {"transformer": count(transformer), "UMT5-XXL": count(umt5), "VAE": count(vae)}
 
