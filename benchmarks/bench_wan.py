@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="acceleration: regional torch.compile")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--attention-backend", default=None, help="acceleration: diffusers' attention backend")
-    parser.add_argument("--cache", choices=["first-block"], default=None, help="acceleration: step cache")
-    parser.add_argument("--cache-threshold", type=float, default=0.05)
+    parser.add_argument(
+        "--cache", choices=["first-block", "sea", "taylorseer"], default=None, help="acceleration: step cache"
+    )
+    parser.add_argument("--cache-threshold", type=float, default=None, help="first-block, sea (default: theirs)")
+    parser.add_argument("--cache-interval", type=int, default=None, help="taylorseer (default: its own)")
     parser.add_argument("--out", type=Path, default=None, help="write results.json and results.md here")
     args = parser.parse_args(argv)
 
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             attention_backend=args.attention_backend,
             cache=args.cache,
             cache_threshold=args.cache_threshold,
+            cache_interval=args.cache_interval,
         )
         fast = WanVideoGenerator(pipe, **switches, **sampling) if _any(switches) else None
         results["sampling"] = _sampling(generator, fast, adapter, args.rounds, device, preset, steps)
@@ -309,7 +313,6 @@ def _sampling(generator, fast, adapter, rounds, device, preset, steps):
 @contextlib.contextmanager
 def _stock_accelerated(pipe, switches):
     """The same switches as vchain's, through diffusers' own API on a stock pipeline."""
-    from diffusers.hooks import FirstBlockCacheConfig
     from diffusers.models.attention_dispatch import attention_backend
 
     from vchain.tuning import compiled_blocks
@@ -320,7 +323,7 @@ def _stock_accelerated(pipe, switches):
         if switches.attention_backend:
             stack.enter_context(attention_backend(switches.attention_backend))
         if switches.cache:
-            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=switches.cache_threshold))
+            pipe.transformer.enable_cache(switches.cache_config())  # diffusers' config object, built as vchain does
             stack.callback(pipe.transformer.disable_cache)
         yield
 

@@ -89,6 +89,7 @@ def test_generate_without_a_key_fails_before_loading_any_model(tmp_path, capsys,
         (["--seed", "1180591620717411303424"], "seed must be None or an integer in [0, 2**63)"),
         (["--device", "cuda"], "--device cuda: this torch has no usable CUDA device"),
         (["--device", "tpu"], "--device must be"),
+        (["--cache-interval", "3"], "cache_interval=3 applies to cache='taylorseer', not cache=None"),
     ],
 )
 def test_generate_rejects_bad_settings_before_loading(tmp_path, capsys, monkeypatch, args, message):
@@ -100,14 +101,14 @@ def test_generate_rejects_bad_settings_before_loading(tmp_path, capsys, monkeypa
 
 def test_generate_with_the_acceleration_switches_records_them(tiny_wan, tmp_path, capsys):
     run = str(tmp_path / "run")
-    switches = ["--cache", "first-block", "--cache-threshold", "0.5", "--offload-text-encoder"]
+    switches = ["--cache", "taylorseer", "--cache-interval", "3", "--offload-text-encoder"]
     assert (
         main(["generate", "An egg falls.", "-o", run, "--variant", "t2v", "--model", tiny_wan, *TINY, *switches]) == 0
     )
     generator = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["sampling"]["inputs"][
         "generator"
     ]
-    assert generator["acceleration"]["cache"] == "first-block" and generator["acceleration"]["cache_threshold"] == 0.5
+    assert generator["acceleration"]["cache"] == "taylorseer" and generator["acceleration"]["cache_interval"] == 3
     assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
     capsys.readouterr()
     assert main(["tune", "-o", str(tmp_path / "demo"), "--cache", "first-block"]) == 2

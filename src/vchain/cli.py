@@ -47,8 +47,9 @@ ACCELERATION_FLAGS = (
     ("--attention-backend", "attention_backend", {}),
     ("--cache", "cache", {}),
     ("--cache-threshold", "cache_threshold", {}),
+    ("--cache-interval", "cache_interval", {}),
 )
-ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshold")
+ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshold", "cache_interval")
 # The chat model's request settings (OpenAI-compatible servers), on the reasoner and on the judge.
 CHAT_OPTIONS = ("structured_output", "timeout", "max_tokens", "extra_body")
 REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url", *CHAT_OPTIONS)

@@ -64,6 +64,9 @@ def describe_errors(error: ValidationError, model: type[BaseModel] | None = None
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if message.startswith("Input should be"):
             message = "must be" + message.removeprefix("Input should be")
+        if not item["loc"]:  # a check across fields: its message names them and their values
+            parts.append(message)
+            continue
         got = item.get("input")
         parts.append(f"{where} {message}, got {got!r}" if "input" in item else f"{where} {message}")
     return "; ".join(parts)

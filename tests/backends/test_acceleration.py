@@ -12,7 +12,7 @@ import torch
 from torch._dynamo import register_backend
 
 from vchain.backends.cogvideox import CogVideoXVideoGenerator
-from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
+from vchain.backends.wan import WanLoRATuner, WanVACEVideoGenerator, WanVideoGenerator
 from vchain.errors import ConfigurationError
 from vchain.testing import draw_image, tiny_wan_pipeline
 from vchain.testing.tiny_cogvideox import tiny_cogvideox_pipeline
@@ -61,8 +61,9 @@ def cogvideox():
     return CogVideoXVideoGenerator(pipeline, **COGVIDEOX_SIZE)
 
 
-def latent(generator, prompt="a red egg", seed=0):
-    return generator.sample(prompt, seed=seed, output_type="latent")
+def latent(generator, prompt="a red egg", seed=0, **overrides):
+    overrides = {"num_inference_steps": overrides.pop("steps")} if "steps" in overrides else overrides
+    return generator.sample(prompt, seed=seed, output_type="latent", **overrides)
 
 
 def compiled_modules(generator):
@@ -119,8 +120,12 @@ def test_an_attention_backend_is_close_to_the_default_and_reset_after(wan):
         ({"attention_backend": "flash"}, r"attention_backend cannot be used here: .*install `flash-attn"),
         ({"attention_backend": "sage"}, r"install `sageattention"),
         ({"attention_backend": "flsh"}, r"attention_backend must be one of diffusers' attention backends \(flash, "),
-        ({"cache": "magic"}, "cache must be 'first-block', got 'magic'"),
-        ({"cache_threshold": 0.0}, "cache_threshold must be greater than 0"),
+        ({"cache": "magic"}, "cache must be 'first-block', 'sea' or 'taylorseer', got 'magic'"),
+        ({"cache": "first-block", "cache_threshold": 0.0}, "cache_threshold must be greater than 0"),
+        ({"cache": "first-block", "cache_threshold": 2.0}, "at most 1 for the first-block cache .*got 2.0"),
+        ({"cache_threshold": 0.1}, r"cache_threshold=0.1 applies to cache='first-block' or 'sea', not cache=None"),
+        ({"cache": "sea", "cache_interval": 3}, "cache_interval=3 applies to cache='taylorseer', not cache='sea'"),
+        ({"cache": "taylorseer", "cache_interval": 0}, "cache_interval must be greater than or equal to 1"),
         ({"compile": "yes"}, "compile must be a valid boolean"),
         ({"offload_text_encoder": 1}, "offload_text_encoder must be True or False, got 1"),
     ],
@@ -130,6 +135,14 @@ def test_bad_switches_are_named_before_any_model_loads(wan, switches, message):
         WanVideoGenerator(wan.pipeline, **switches)
     with pytest.raises(ConfigurationError, match=message):  # not "no such folder": checked first
         WanVideoGenerator.from_pretrained("/no/such/folder", **switches)
+
+
+def test_seacache_is_refused_where_the_pipeline_cannot_drive_it(cogvideox):
+    # diffusers' SeaCache needs the scheduler's step and sigma, which only WanPipeline passes: elsewhere it
+    # would warn and cache nothing.
+    for family, source in ((CogVideoXVideoGenerator, cogvideox.pipeline), (WanVACEVideoGenerator, "/no/such")):
+        with pytest.raises(ConfigurationError, match=rf"cache='sea' cannot apply to {family.__name__} .*taylorseer"):
+            family.from_pretrained(source, cache="sea") if isinstance(source, str) else family(source, cache="sea")
 
 
 def test_an_attention_backend_is_refused_where_attention_does_not_dispatch(cogvideox):
@@ -173,10 +186,42 @@ def test_switches_combine_and_are_recorded(wan):
         "compile_backend": "vchain_counting",
         "attention_backend": "native",
         "cache": None,
-        "cache_threshold": 0.05,
+        "cache_threshold": None,
+        "cache_interval": None,
     }
     assert wan.describe()["acceleration"]["compile"] is False
     assert compiled_modules(fast) == [] and torch.equal(latent(wan), base)
+
+
+@pytest.mark.parametrize(
+    ("family", "cache", "knobs"),
+    [("wan", "sea", {"cache_threshold": 10.0}), ("wan", "taylorseer", {}), ("cogvideox", "taylorseer", {})],
+)
+def test_the_newer_step_caches_skip_work_stay_close_and_leave_no_hook(request, family, cache, knobs):
+    plain = request.getfixturevalue(family)
+    # Enough steps for each cache's warm-up and refresh: sea always runs the first and the last step,
+    # taylorseer the first three and then one in five.
+    size = {**(SIZE if family == "wan" else COGVIDEOX_SIZE), "num_inference_steps": 8}
+    transformer = plain.denoisers()[0]
+    inner = transformer.blocks[-1].ffn if family == "wan" else transformer.transformer_blocks[-1].ff
+    runs = []
+    hook = inner.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        base = latent(plain, steps=8)
+        full = len(runs)
+        cached = type(plain)(plain.pipeline, cache=cache, **knobs, **size)
+        runs.clear()
+        out = latent(cached)
+        assert len(runs) < full and not torch.equal(out, base)
+        # An extrapolated step is an approximation. Measured on these random models at 8 steps, as a fraction of
+        # the largest latent: sea 0.004, taylorseer 0.09 (Wan and CogVideoX); the bound is about twice that.
+        assert (out - base).abs().max() < 0.2 * base.abs().max()
+        hooked = [m for m in transformer.modules() if getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks]
+        assert hooked == []
+        runs.clear()
+        assert torch.equal(latent(plain, steps=8), base) and len(runs) == full  # the hooks are gone
+    finally:
+        hook.remove()
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox"])

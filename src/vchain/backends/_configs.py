@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vchain.config import Config
 from vchain.errors import ConfigurationError
 from vchain.lora_config import LoRAConfig
+
+# The caches' defaults: diffusers' own for SeaCache and TaylorSeer; 0.05 for the first-block cache.
+FIRST_BLOCK_THRESHOLD, SEA_THRESHOLD, TAYLORSEER_INTERVAL = 0.05, 0.25, 5
 
 
 class Acceleration(Config):
@@ -35,14 +38,62 @@ class Acceleration(Config):
         description="diffusers' attention kernel: 'native', 'flash', 'sage', '_native_cudnn', ... as the "
         "installed packages allow; None keeps diffusers' default",
     )
-    cache: Literal["first-block"] | None = Field(
+    cache: Literal["first-block", "sea", "taylorseer"] | None = Field(
         None,
-        description="step cache: None (off) or 'first-block' (diffusers' FirstBlockCache: the other blocks are "
-        "skipped while the first block's output barely changes)",
+        description="step cache: None (off), 'first-block' (diffusers' FirstBlockCache: the other blocks are "
+        "skipped while the first block's output barely changes), 'sea' (SeaCache: the block stack is replaced by "
+        "its extrapolated residual while a spectrum-weighted change of the input stays within a budget; Wan's "
+        "text-to-video model has a built-in adapter, no calibration) or 'taylorseer' (TaylorSeer, diffusers' lite "
+        "form: the blocks run every cache_interval steps and the output in between is a Taylor extrapolation)",
     )
-    cache_threshold: float = Field(
-        0.05, gt=0, le=1, description="the first-block cache's relative change threshold (higher skips more)"
+    cache_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="how much change the first-block or sea cache tolerates before it runs the blocks again "
+        f"(higher skips more); None: the cache's own default (first-block {FIRST_BLOCK_THRESHOLD}, "
+        f"sea {SEA_THRESHOLD})",
     )
+    cache_interval: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description=f"the taylorseer cache's refresh interval in steps; None: {TAYLORSEER_INTERVAL}",
+    )
+
+    @model_validator(mode="after")
+    def _cache_settings_fit(self) -> Acceleration:
+        """A threshold belongs to the first-block and sea caches, an interval to taylorseer: one given to
+        another cache (or to none) would be recorded but do nothing."""
+        if self.cache_threshold is not None and self.cache not in ("first-block", "sea"):
+            raise ValueError(
+                f"cache_threshold={self.cache_threshold} applies to cache='first-block' or 'sea', "
+                f"not cache={self.cache!r}"
+            )
+        if self.cache == "first-block" and self.cache_threshold is not None and self.cache_threshold > 1:
+            raise ValueError(
+                f"cache_threshold must be at most 1 for the first-block cache (a relative change), "
+                f"got {self.cache_threshold}"
+            )
+        if self.cache_interval is not None and self.cache != "taylorseer":
+            raise ValueError(
+                f"cache_interval={self.cache_interval} applies to cache='taylorseer', not cache={self.cache!r}"
+            )
+        return self
+
+    def cache_config(self):
+        """diffusers' config object for `cache` (None when off), with vchain's defaults filled in."""
+        if self.cache is None:
+            return None
+        from diffusers.hooks import FirstBlockCacheConfig, SeaCacheConfig, TaylorSeerCacheConfig
+
+        if self.cache == "first-block":
+            return FirstBlockCacheConfig(threshold=self.cache_threshold or FIRST_BLOCK_THRESHOLD)
+        if self.cache == "sea":
+            return SeaCacheConfig(threshold=self.cache_threshold or SEA_THRESHOLD)
+        # Lite mode keeps one tensor per trajectory (the output projection's) rather than every block's output:
+        # the full form would hold ~25 GiB of Taylor factors per guidance branch for Wan-14B at 81x480x832.
+        return TaylorSeerCacheConfig(cache_interval=self.cache_interval or TAYLORSEER_INTERVAL, use_lite_mode=True)
 
     @field_validator("attention_backend")
     @classmethod

@@ -70,7 +70,7 @@ class CogVideoXVideoGenerator(DiffusersVideoGenerator):
 
     Args:
         pipeline: a loaded `diffusers.CogVideoXPipeline`, used as is (you own its device and dtype).
-        compile, compile_backend, cache, cache_threshold: the acceleration switches
+        compile, compile_backend, cache, cache_threshold, cache_interval: the acceleration switches
             (`vchain.backends.diffusers_video.Acceleration`), applied around each sampling call. CogVideoX's
             attention calls torch directly, so `attention_backend` is refused.
         offload_text_encoder: keep T5 on the CPU between encodings.

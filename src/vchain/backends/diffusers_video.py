@@ -88,7 +88,9 @@ class DiffusersVideoGenerator(TunableGenerator):
         compile: regional `torch.compile` of the transformer's repeated blocks while sampling.
         compile_backend: the `torch.compile` backend (default `"inductor"`).
         attention_backend: diffusers' attention kernel while sampling (`"flash"`, `"sage"`, ...).
-        cache: `"first-block"` for diffusers' FirstBlockCache while sampling; `cache_threshold` its threshold.
+        cache: a step cache while sampling: `"first-block"` (diffusers' FirstBlockCache), `"sea"` (SeaCache) or
+            `"taylorseer"` (TaylorSeer); `cache_threshold` (first-block, sea) and `cache_interval` (taylorseer)
+            tune it, None taking the cache's default.
         offload_text_encoder: keep the text encoder on the CPU between encodings; it moves to the device for
             each (a prompt, or the captions of a tuning run) and back, which frees its memory (11 GiB for
             UMT5-XXL in bfloat16) for the transformer at the cost of two copies per encoding.
@@ -97,6 +99,9 @@ class DiffusersVideoGenerator(TunableGenerator):
 
     pipeline_class: ClassVar[str]
     sampling_class: ClassVar[type[Config]]
+    # The step caches that work on the family's pipeline. SeaCache needs the scheduler's step and sigma, which
+    # only diffusers' WanPipeline passes to it; elsewhere it "fails open" (warns and caches nothing).
+    step_caches: ClassVar[tuple[str, ...]] = ("first-block", "taylorseer")
     default_model: ClassVar[str]
     what: ClassVar[str]
 
@@ -108,7 +113,8 @@ class DiffusersVideoGenerator(TunableGenerator):
         compile_backend: str = "inductor",
         attention_backend: str | None = None,
         cache: str | None = None,
-        cache_threshold: float = 0.05,
+        cache_threshold: float | None = None,
+        cache_interval: int | None = None,
         offload_text_encoder: bool = False,
         **sampling: Any,
     ):
@@ -128,12 +134,13 @@ class DiffusersVideoGenerator(TunableGenerator):
             )
         self.pipeline = pipeline
         self.config = self._checked(self.sampling_class(**sampling))
-        self.acceleration = Acceleration(
+        self.acceleration = self._acceleration(
             compile=compile,
             compile_backend=compile_backend,
             attention_backend=attention_backend,
             cache=cache,
             cache_threshold=cache_threshold,
+            cache_interval=cache_interval,
         )
         if self.acceleration.attention_backend is not None:
             self._check_dispatched()
@@ -172,7 +179,7 @@ class DiffusersVideoGenerator(TunableGenerator):
         """
         model_id = cls.default_model if model_id is None else model_id
         switches = {k: v for k, v in settings.items() if k in Acceleration.model_fields}
-        Acceleration(**switches)
+        cls._acceleration(**switches)
         sampling = {k: v for k, v in settings.items() if k not in switches and k != "offload_text_encoder"}
         cls.sampling_class(**sampling).check()
         _checked_flag(settings.get("offload_text_encoder", False), "offload_text_encoder")
@@ -200,6 +207,17 @@ class DiffusersVideoGenerator(TunableGenerator):
         generator.model_id = str(model_id)
         generator.weights = weights_identity(source, "model_index.json", variant)
         return generator.to(device) if device is not None else generator
+
+    @classmethod
+    def _acceleration(cls, **switches: Any) -> Acceleration:
+        """The checked switches, with a step cache the family's pipeline can drive."""
+        acceleration = Acceleration(**switches)
+        if acceleration.cache is not None and acceleration.cache not in cls.step_caches:
+            raise ConfigurationError(
+                f"cache={acceleration.cache!r} cannot apply to {cls.__name__} (diffusers' {cls.pipeline_class} does "
+                f"not give it the scheduler's steps); its step caches: {', '.join(cls.step_caches)}"
+            )
+        return acceleration
 
     @classmethod
     def _check_checkpoint(cls, model_id: str, source: dict) -> None:
@@ -362,10 +380,8 @@ class DiffusersVideoGenerator(TunableGenerator):
                 if switches.compile:
                     # Not fullgraph: the step cache's hooks decide in Python whether a block runs.
                     stack.enter_context(compiled_blocks(denoiser, backend=switches.compile_backend))
-                if switches.cache == "first-block":
-                    from diffusers.hooks import FirstBlockCacheConfig
-
-                    denoiser.enable_cache(FirstBlockCacheConfig(threshold=switches.cache_threshold))
+                if switches.cache is not None:
+                    denoiser.enable_cache(switches.cache_config())
                     stack.callback(denoiser.disable_cache)
             yield
 

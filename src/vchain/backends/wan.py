@@ -41,7 +41,7 @@ class WanVideoGenerator(DiffusersVideoGenerator):
 
     Args:
         pipeline: a loaded `diffusers.WanPipeline`, used as is (you own its device and dtype).
-        compile, compile_backend, attention_backend, cache, cache_threshold: the acceleration switches
+        compile, compile_backend, attention_backend, cache, cache_threshold, cache_interval: the acceleration switches
             (`vchain.backends.diffusers_video.Acceleration`), applied around each sampling call.
         offload_text_encoder: keep UMT5 on the CPU between encodings (11 GiB of bfloat16 freed on the device).
         **sampling: defaults for every `sample` call, the fields of `WanSamplingConfig`
@@ -53,6 +53,7 @@ class WanVideoGenerator(DiffusersVideoGenerator):
 
     lora_targets = WAN_LORA_TARGETS
     pipeline_class = "WanPipeline"
+    step_caches = ("first-block", "sea", "taylorseer")
     sampling_class = WanSamplingConfig
     default_model = DEFAULT_MODEL
     what = "Wan weights"
@@ -150,6 +151,7 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
     """
 
     pipeline_class = "WanVACEPipeline"
+    step_caches = DiffusersVideoGenerator.step_caches
     default_model = DEFAULT_VACE_MODEL
     what = "Wan VACE weights"
 
