@@ -21,6 +21,7 @@ them; a stage's peak is its worst phase. Wan2.2-A14B holds two 14B experts (one 
 from __future__ import annotations
 
 import argparse
+import functools
 import weakref
 
 import torch
@@ -112,6 +113,7 @@ def transformer_figures(config: dict, frames: int, height: int, width: int, text
     with torch.device("meta"):
         transformer = as_loaded(WanTransformer3DModel(**config), torch.bfloat16).eval()
     figures["weights"] = _bytes(transformer)
+    figures.update(_storage_figures(transformer))
     sampler = _fake(transformer, mode)
     with mode:
         inputs = (
@@ -159,13 +161,28 @@ def transformer_figures(config: dict, frames: int, height: int, width: int, text
     return figures
 
 
+def _storage_figures(model: torch.nn.Module) -> dict:
+    """What quantization and block streaming act on: the linear layers' weights (element counts, and the
+    largest one's) and the repeated blocks' bytes (the largest block's, and all the blocks' together)."""
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    blocks = [_bytes(block) for block in getattr(model, "blocks", None) or model.encoder.block]
+    return {
+        "linear_elements": sum(w.numel() for w in linears),
+        "linear_rows": sum(w.shape[0] for w in linears),
+        "linear_bytes": sum(w.nbytes for w in linears),
+        "largest_linear": max(w.numel() for w in linears),
+        "block": max(blocks),
+        "blocks": sum(blocks),
+    }
+
+
 def text_encoder_figures(config: dict, text_tokens: int) -> dict:
     from transformers import UMT5Config, UMT5EncoderModel
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with torch.device("meta"):
         encoder = UMT5EncoderModel(UMT5Config(**config)).to(torch.bfloat16).eval()
-    figures = {"weights": _bytes(encoder)}
+    figures = {"weights": _bytes(encoder), **_storage_figures(encoder)}
     encoder = _fake(encoder, mode)
     with mode, torch.no_grad(), LiveBytes() as live:
         ids = torch.zeros(1, text_tokens, dtype=torch.long)
@@ -191,9 +208,25 @@ def vae_figures(frames: int, height: int, width: int, keyframes: int, tiny: bool
         with LiveBytes() as live:
             vae.decode(latents)
         figures["decode"] = live.peak
+        if not tiny:  # the tiny frames are smaller than one tile
+            vae.enable_tiling()
+            with LiveBytes() as live:
+                vae.decode(latents)
+            vae.disable_tiling()
+            figures["decode_tiled"] = live.peak
+        else:
+            figures["decode_tiled"] = figures["decode"]
         with LiveBytes() as live:
             vae.encode(torch.randn(keyframes, 3, 1, height, width)).latent_dist.mode()
         figures["encode_keyframes"] = live.peak
+        if not tiny:
+            vae.enable_tiling()
+            with LiveBytes() as live:
+                vae.encode(torch.randn(keyframes, 3, 1, height, width)).latent_dist.mode()
+            vae.disable_tiling()
+            figures["encode_keyframes_tiled"] = live.peak
+        else:
+            figures["encode_keyframes_tiled"] = figures["encode_keyframes"]
     return figures
 
 
@@ -209,18 +242,36 @@ def _tuning_peak(weights: int, text: dict, vae: dict, lora: int, step: int, *, o
     return weights + max(phases)
 
 
-def table(tiny: bool = False) -> tuple[str, dict]:
-    """The markdown table of docs/benchmarks.md and the figures behind it (bytes)."""
+@functools.cache
+def measure(tiny: bool = False) -> tuple[dict, dict, dict, dict]:
+    """The figures of the text encoder, the VAE and each transformer shape, and the models built of them."""
     frames, height, width, tokens = (5, 32, 32, 16) if tiny else (81, 480, 832, 512)
     text = text_encoder_figures(TINY_UMT5 if tiny else UMT5_XXL, tokens)
     vae = vae_figures(frames, height, width, 5, tiny)
     shapes = {"tiny": TINY} if tiny else {"1.3B": WAN21_1_3B, "14B": WAN21_14B}
     measured = {name: transformer_figures(config, frames, height, width, tokens) for name, config in shapes.items()}
+    for name, config in shapes.items():
+        measured[name]["heads"] = config["num_attention_heads"]
     models = (
         {"tiny": ("tiny", 1)}
         if tiny
         else {"Wan2.1-T2V-1.3B": ("1.3B", 1), "Wan2.1-T2V-14B": ("14B", 1), "Wan2.2-T2V-A14B": ("14B", 2)}
     )
+    return text, vae, measured, models
+
+
+def _markdown(rows: dict[str, dict[str, float]], scale: float = GIB) -> str:
+    names = list(rows)
+    lines = ["| GiB | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label in rows[names[0]]:
+        cells = (rows[name][label] for name in names)
+        lines.append(f"| {label} | " + " | ".join("—" if c is None else f"{c / scale:.2f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table(tiny: bool = False) -> tuple[str, dict]:
+    """The markdown table of docs/benchmarks.md and the figures behind it (bytes)."""
+    text, vae, measured, models = measure(tiny)
     rows: dict[str, dict[str, float]] = {}
     for model, (shape, experts) in models.items():
         t = measured[shape]
@@ -256,11 +307,121 @@ def table(tiny: bool = False) -> tuple[str, dict]:
             "**tuning peak, checkpointing**": peak(tuning[True], offloaded=False),
             "**tuning peak, checkpointing, text encoder offloaded**": peak(tuning[True], offloaded=True),
         }
-    names = list(rows)
-    lines = ["| GiB | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for label in rows[names[0]]:
-        lines.append(f"| {label} | " + " | ".join(f"{rows[name][label] / GIB:.2f}" for name in names) + " |")
-    return "\n".join(lines) + "\n", rows
+    return _markdown(rows), rows
+
+
+# ---------------------------------------------------------------------------- small cards and many GPUs
+
+# Bytes per element of a quantized linear weight and per output row (its scale): torchao's int8 weight-only
+# (int8, a bf16 scale per row), float8 weight-only (fp8, an fp32 scale per row), and bitsandbytes' NF4 (4 bits,
+# an fp32 absmax per block of 64 elements, no double quantization: diffusers' defaults). Biases, norms and
+# embeddings stay as loaded.
+QUANTIZED = {"int8": (1.0, 2), "fp8": (1.0, 4), "nf4": (0.5 + 4 / 64, 0)}
+# A card's usable share: the CUDA context, the kernels' workspaces and the allocator's reserve take the rest.
+USABLE = 0.9
+CARDS = {"24 GB": 24e9, "48 GB": 48e9}
+
+
+def quantized_bytes(figures: dict, kind: str | None) -> float:
+    """A model's weights with its linear layers' weights stored as `kind` (None: as loaded)."""
+    if kind is None:
+        return figures["weights"]
+    per_element, per_row = QUANTIZED[kind]
+    linear = figures["linear_elements"] * per_element + figures["linear_rows"] * per_row
+    return figures["weights"] - figures["linear_bytes"] + linear
+
+
+def streamed_bytes(figures: dict, weights: float) -> float:
+    """What stays on the device of a model under diffusers' block-level group offloading (one block a group,
+    the next one prefetched on a side stream): everything outside the blocks, and two blocks."""
+    share = weights / figures["weights"]  # the blocks shrink with the model when it is quantized
+    return weights - share * figures["blocks"] + 2 * share * figures["block"]
+
+
+def small_cards(tiny: bool = False) -> tuple[str, dict]:
+    """Peaks of sampling and tuning (bytes) with `from_pretrained`'s quantization and offload, all with
+    `vae_tiling=True`, and which fit a 24 GB and a 48 GB card. Without offload the text encoder is offloaded
+    between encodings (`offload_text_encoder=True`); `offload="group"` streams every model's blocks, and tuning
+    holds the denoisers whole for its steps (their backward pass needs the weights)."""
+    text, vae, measured, models = measure(tiny)
+    settings = {
+        "bf16": (None, False),
+        "bf16, offload=group": (None, True),
+        "int8": ("int8", False),
+        "int8, offload=group": ("int8", True),
+        "fp8": ("fp8", False),
+        "nf4": ("nf4", False),
+        "nf4, offload=group": ("nf4", True),
+    }
+    rows: dict[str, dict] = {}
+    fits: dict[str, dict] = {}
+    for model, (shape, experts) in models.items():
+        t = measured[shape]
+        for name, (kind, offload) in settings.items():
+            weights = experts * quantized_bytes(t, kind)
+            streamed = experts * streamed_bytes(t, quantized_bytes(t, kind))
+            encoding = (streamed_bytes(text, text["weights"]) if offload else text["weights"]) + text["encode"]
+            # A quantized layer's weight is dequantized for its matmul: the largest one, in bf16, transiently.
+            dequantized = 2 * t["largest_linear"] if kind else 0
+            # On a quantized base the adapter stays as fp32 layers; on a bf16 one it is merged (one layer at a time).
+            lora = experts * t["lora"]
+            forward = t["sampling_forward"] + dequantized + (0 if kind else t["merge_transient"])
+            resident = streamed if offload else weights
+            sampling = vae["weights"] + max(
+                resident + (lora if kind else 0) + forward, resident + vae["decode_tiled"], resident + encoding
+            )
+            # Tuning with gradient checkpointing; the second expert's LoRA has its gradient and AdamW states.
+            step = t["tuning_step_checkpointing"] + dequantized + (experts - 1) * 3 * t["lora"]
+            tuning = vae["weights"] + max(
+                resident + encoding, weights + lora + max(vae["encode_keyframes_tiled"], step)
+            )
+            rows.setdefault(model, {})[f"{name}: sampling"] = sampling
+            rows[model][f"{name}: tuning"] = tuning
+            fits.setdefault(model, {})[name] = {
+                card: [stage for stage, peak in (("sampling", sampling), ("tuning", tuning)) if peak <= USABLE * size]
+                for card, size in CARDS.items()
+            }
+    return _markdown(rows), {"peaks": rows, "fits": fits}
+
+
+def fits_table(fits: dict) -> str:
+    """Which stages fit which card, per setting (rows) and model (columns)."""
+    names = list(fits)
+    lines = ["| fits (90% of the card) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for setting in fits[names[0]]:
+        cells = []
+        for name in names:
+            by_card = fits[name][setting]
+            cells.append("; ".join(f"{card}: {' + '.join(stages) or '—'}" for card, stages in by_card.items()))
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def many_gpus(tiny: bool = False) -> tuple[str, dict]:
+    """Peaks per GPU (bytes) with the guidance branches on two GPUs and with context parallelism over 2, 4 and 8
+    GPUs: the denoising loop's, and the whole sampling call's (bf16, text encoder offloaded between encodings,
+    tiled VAE decode; every rank holds the whole model and decodes the video)."""
+    text, vae, measured, models = measure(tiny)
+    rows: dict[str, dict] = {}
+    for model, (shape, experts) in models.items():
+        t = measured[shape]
+        resident = experts * t["weights"] + vae["weights"]
+        others = max(vae["decode_tiled"], text["weights"] + text["encode"])
+
+        def denoising(parts: int, resident=resident, t=t) -> float:
+            # 1/parts of the tokens' activations on each rank: an estimate, the forward's measured peak divided.
+            return resident + max(t["sampling_forward"] / parts, t["merge_transient"])
+
+        row = {"denoising, one GPU": denoising(1), "denoising, cfg on 2 GPUs": denoising(1)}
+        for n in (2, 4, 8):
+            # Ulysses splits the attention heads among the ranks: n must divide their number.
+            row[f"denoising, ulysses on {n} GPUs"] = denoising(n) if t["heads"] % n == 0 else None
+            row[f"denoising, ring on {n} GPUs"] = denoising(n)
+        row["whole sampling call, any of these (the prompt's encoding or the decode is its peak)"] = max(
+            denoising(1), resident + others
+        )
+        rows[model] = row
+    return _markdown(rows), rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -274,7 +435,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     text, rows = table(tiny=args.tiny)
     print(text)
-    return rows
+    cards, small = small_cards(tiny=args.tiny)
+    print("Quantized, offloaded and tiled (text encoder offloaded between encodings):\n")
+    print(cards)
+    print(fits_table(small["fits"]))
+    parallel, per_gpu = many_gpus(tiny=args.tiny)
+    print("\nSampling per GPU with parallelism:\n")
+    print(parallel)
+    return {"single": rows, "small_cards": small, "many_gpus": per_gpu}
 
 
 if __name__ == "__main__":

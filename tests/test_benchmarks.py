@@ -73,3 +73,32 @@ def test_the_memory_table_runs_on_tiny_shapes_and_adds_up():
         plain = row[f"**tuning peak, {checkpointing}**"]
         assert weights < plain and row[f"**tuning peak, {checkpointing}, text encoder offloaded**"] <= plain
     assert row["tuning: LoRA rank 16 (fp32)"] > 0
+
+
+def test_quantized_and_streamed_bytes_follow_the_layers():
+    model = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([torch.nn.Linear(64, 32) for _ in range(3)])})
+    model.blocks.to(torch.bfloat16)
+    figures = {"weights": memory._bytes(model), **memory._storage_figures(model)}
+    biases = 3 * 32 * 2
+    assert figures["weights"] == 3 * 64 * 32 * 2 + biases
+    assert memory.quantized_bytes(figures, None) == figures["weights"]
+    assert memory.quantized_bytes(figures, "int8") == 3 * (64 * 32 + 32 * 2) + biases  # int8 + a bf16 scale a row
+    assert memory.quantized_bytes(figures, "nf4") == 3 * 64 * 32 * (0.5 + 4 / 64) + biases
+    # Nothing outside the blocks here: two of the three blocks stay on the device.
+    assert memory.streamed_bytes(figures, figures["weights"]) == 2 * figures["block"]
+
+
+def test_the_small_card_and_many_gpu_tables_run_on_tiny_shapes():
+    _, small = memory.small_cards(tiny=True)
+    (peaks,) = small["peaks"].values()
+    # On tiny shapes the VAE decode and the fp32 LoRA outweigh the transformer, so only the structure is checked
+    # here; the byte counts of quantization and streaming are checked above.
+    assert peaks["nf4: sampling"] < peaks["fp8: sampling"] and peaks["nf4: tuning"] < peaks["int8: tuning"]
+    assert peaks["bf16, offload=group: sampling"] <= peaks["bf16: sampling"]
+    assert peaks["int8, offload=group: tuning"] <= peaks["int8: tuning"]
+    _, per_gpu = memory.many_gpus(tiny=True)
+    (row,) = per_gpu.values()
+    one = row["denoising, one GPU"]
+    assert row["denoising, cfg on 2 GPUs"] == one  # each rank runs a whole forward, one branch each
+    assert row["denoising, ring on 8 GPUs"] <= row["denoising, ring on 2 GPUs"] <= one
+    assert row["denoising, ulysses on 2 GPUs"] is not None and row["denoising, ulysses on 4 GPUs"] is None  # 2 heads
