@@ -120,7 +120,8 @@ class LoRAAdapter(Adapter):
             _check_fits(denoiser, state_dict, i)
         with contextlib.ExitStack() as stack:
             for denoiser, state_dict in zip(denoisers, self.state_dicts, strict=True):
-                apply = _merged if self.merge else _as_peft_layers
+                # A quantized weight cannot hold the sum: there the LoRA runs beside it as layers.
+                apply = _merged if self.merge and not is_quantized(denoiser) else _as_peft_layers
                 stack.enter_context(apply(denoiser, state_dict, self))
             yield
 
@@ -342,7 +343,7 @@ class LoRATuner(Tuner):
                 rank=config.rank,
                 alpha=config.alpha,
                 target_modules=targets,
-                merge=config.merge_for_sampling,
+                merge=config.merge_for_sampling and not any(is_quantized(d) for d in denoisers),
                 report=report,
             )
         except NumericalError as e:  # the last steps blew up after the last loss read
@@ -570,6 +571,14 @@ def input_dtype(module: torch.nn.Module) -> torch.dtype:
     return floating[0][1] if floating else torch.float32
 
 
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Whether `module` holds quantized weights: diffusers marks a model it quantized while loading
+    (`is_quantized`); torchao's `quantize_` leaves tensor subclasses, bitsandbytes its `Params4bit`."""
+    if getattr(module, "is_quantized", False):
+        return True
+    return any(type(p) not in (torch.Tensor, torch.nn.Parameter) for p in module.parameters())
+
+
 def _take(context, rows: slice | torch.Tensor, dtype: torch.dtype):
     if isinstance(context, dict):
         return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in context.items()}
@@ -658,6 +667,7 @@ def _add_adapter(denoiser: torch.nn.Module, config) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the point: a second adapter
         inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+    _refresh_offloading(denoiser)
     if not layers:
         return
     for module in denoiser.modules():
@@ -680,6 +690,16 @@ def _remove_adapter(denoiser: torch.nn.Module) -> None:
     else:
         delete_adapter_layers(denoiser, ADAPTER_NAME)
         adapters.pop(ADAPTER_NAME, None)  # diffusers' helper pops it already when it loaded a LoRA
+    _refresh_offloading(denoiser)
+
+
+def _refresh_offloading(denoiser: torch.nn.Module) -> None:
+    """diffusers' group offloading hooks list the tensors they move when applied: after layers were added
+    or removed they are applied again (as diffusers does when it loads a LoRA), else the LoRA's own
+    weights would be left behind on the CPU."""
+    from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+    _maybe_remove_and_reapply_group_offloading(denoiser)
 
 
 def _module_state(module: torch.nn.Module) -> dict:

@@ -53,16 +53,17 @@ class WanVideoGenerator(DiffusersVideoGenerator):
 
     lora_targets = WAN_LORA_TARGETS
     pipeline_class = "WanPipeline"
+    quantized_components = ("transformer", "transformer_2")  # Wan2.2's second expert, where there is one
     sampling_class = WanSamplingConfig
     default_model = DEFAULT_MODEL
     what = "Wan weights"
 
     @classmethod
-    def _load(cls, source: dict, dtype: torch.dtype):
+    def _load(cls, source: dict, dtype: torch.dtype, quantization=None):
         from diffusers import AutoencoderKLWan, WanPipeline
 
         vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
-        return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
+        return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype, quantization_config=quantization)
 
     def _checked(self, config: WanSamplingConfig) -> WanSamplingConfig:
         return config.check(*self._multiples(), self._max_size())
@@ -158,11 +159,11 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
         self._controls: dict[tuple, torch.Tensor] = {}
 
     @classmethod
-    def _load(cls, source: dict, dtype: torch.dtype):
+    def _load(cls, source: dict, dtype: torch.dtype, quantization=None):
         from diffusers import AutoencoderKLWan, WanVACEPipeline
 
         vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
-        return WanVACEPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
+        return WanVACEPipeline.from_pretrained(**source, vae=vae, dtype=dtype, quantization_config=quantization)
 
     def sample(
         self,
