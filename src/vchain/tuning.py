@@ -365,8 +365,10 @@ class LoRATuner(Tuner):
         objective = generator.training_objective()
         schedule = _Schedule(config, len(latents), objective, generator.denoiser_for, device)
         step = 0
-        compiled = contextlib.ExitStack()
+        compiled, held = contextlib.ExitStack(), contextlib.ExitStack()
         try:
+            for denoiser in denoisers:
+                held.enter_context(_held_on_device(denoiser))
             params = []
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(config.seed)  # peft draws LoRA init from the global RNG
@@ -451,6 +453,7 @@ class LoRATuner(Tuner):
             for denoiser, state in zip(denoisers, saved, strict=True):
                 _remove_adapter(denoiser)
                 _restore_module_state(denoiser, state)
+            held.close()
 
     @staticmethod
     def _check_finite(config: LoRAConfig, first_bad: int, mean: float, step: int) -> None:
@@ -691,6 +694,36 @@ def _remove_adapter(denoiser: torch.nn.Module) -> None:
         delete_adapter_layers(denoiser, ADAPTER_NAME)
         adapters.pop(ADAPTER_NAME, None)  # diffusers' helper pops it already when it loaded a LoRA
     _refresh_offloading(denoiser)
+
+
+@contextlib.contextmanager
+def _held_on_device(denoiser: torch.nn.Module) -> Iterator[None]:
+    """A group-offloaded denoiser whole on its device for the duration, its offloading put back after.
+
+    diffusers' group offloading moves a block's weights in forward hooks and back right after the block ran,
+    so the backward pass would find them gone: tuning holds the denoiser as model offloading would.
+    """
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import group_offloading as offloading
+
+    hook = offloading._get_top_level_group_offload_hook(denoiser)
+    if hook is None:
+        yield
+        return
+    config = hook.config
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    for name in (
+        offloading._GROUP_OFFLOADING,
+        offloading._LAYER_EXECUTION_TRACKER,
+        offloading._LAZY_PREFETCH_GROUP_OFFLOADING,
+    ):
+        registry.remove_hook(name, recurse=True)
+    denoiser.to(config.onload_device)
+    try:
+        yield
+    finally:
+        denoiser.to(config.offload_device)
+        offloading._apply_group_offloading(denoiser, config)
 
 
 def _refresh_offloading(denoiser: torch.nn.Module) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from vchain.backends.wan import WanLoRATuner, WanVideoGenerator
@@ -88,7 +89,8 @@ def test_group_offloading_gives_the_adapter_and_frames_of_no_offloading(saved):
     results = []
     for generator in (plain, offloaded):
         base = sample(generator)
-        adapter = tune(generator, steps=2)
+        adapter = tune(generator, steps=2)  # tuning holds the denoiser whole, then offloads it again
+        assert _is_group_offload_enabled(generator.denoisers()[0]) == (generator is offloaded)
         with adapter.apply(generator):
             results.append((base, adapter.state_dicts[0], sample(generator), sample(generator, output_type="latent")))
         assert (sample(generator) == base).all()

@@ -454,6 +454,11 @@ def check_memory_options(
             f"offload={offload!r} already keeps the text encoder on the CPU between uses; leave offload_text_encoder "
             "False"
         )
+    if quantization == "nf4" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            "quantization='nf4' needs a CUDA GPU (bitsandbytes' 4-bit loading in diffusers refuses to run without "
+            "one); on a CPU use 'int8' or 'fp8'"
+        )
     if quantization is not None:
         package = _QUANTIZATION_PACKAGES[quantization]
         try:
@@ -462,15 +467,11 @@ def check_memory_options(
             raise ConfigurationError(
                 f"quantization={quantization!r} needs {package}: pip install 'vchain[quant]' (or {package} alone)"
             ) from e
-    if quantization == "nf4" and not torch.cuda.is_available():
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if offload == "model" and (on_cpu or not _has_accelerator()):
         raise ConfigurationError(
-            "quantization='nf4' needs a CUDA GPU (bitsandbytes' 4-bit loading in diffusers refuses to run without "
-            "one); on a CPU use 'int8' or 'fp8'"
-        )
-    if offload == "model" and (not _has_accelerator() or torch.device(device or "cuda").type == "cpu"):
-        raise ConfigurationError(
-            "offload='model' needs an accelerator (CUDA, or another torch accelerator) to move the models to; "
-            "on a CPU use offload='group' (a no-op there) or None"
+            f"offload='model' needs an accelerator (CUDA, or another torch accelerator) to move the models to, "
+            f"got device {str(device or 'cpu')!r}; on a CPU use offload='group' (its hooks move nothing there) or None"
         )
 
 
