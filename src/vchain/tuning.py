@@ -185,16 +185,22 @@ def _check_fits(denoiser: torch.nn.Module, state_dict: dict, index: int) -> None
     """A LoRA for other modules or shapes is refused before any weight is touched."""
     for module_name, down, up in lora_files.lora_pairs(state_dict):
         try:
-            weight = denoiser.get_submodule(module_name).weight
+            module = denoiser.get_submodule(module_name)
+            # A linear's own sizes: a 4-bit weight (bitsandbytes) is stored packed, in another shape.
+            shape = (
+                (module.out_features, module.in_features)
+                if isinstance(module, torch.nn.Linear)
+                else tuple(module.weight.shape)
+            )
         except AttributeError:
             raise VChainError(
                 f"the LoRA for denoiser {index} targets {module_name!r}, which {type(denoiser).__name__} "
                 "does not have: it was tuned on another model"
             ) from None
-        if up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[1]) != tuple(weight.shape):
+        if up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[1]) != shape:
             raise VChainError(
                 f"the LoRA for {module_name!r} has shape {tuple(up.shape)} x {tuple(down.shape)}, the "
-                f"model's weight is {tuple(weight.shape)}: it was tuned on another model"
+                f"model's weight is {shape}: it was tuned on another model"
             )
 
 

@@ -166,3 +166,23 @@ def test_the_cli_refuses_offload_with_the_text_encoder_offload_before_importing_
     )
     assert "HEAVY [] CODE 2" in result.stdout, (result.stdout, result.stderr[-1000:])
     assert "--offload already keeps the text encoder on the CPU" in result.stderr
+
+
+def test_a_lora_fits_a_4_bit_linear_whose_weight_is_stored_packed():
+    import bitsandbytes as bnb  # the quant extra; loading nf4 needs CUDA, this 4-bit linear does not
+
+    generator = WanVideoGenerator(tiny_wan_pipeline(), **SIZE)
+    attention = generator.denoisers()[0].blocks[0].attn1
+    linear = attention.to_q
+    packed = bnb.nn.Linear4bit(linear.in_features, linear.out_features, compute_dtype=torch.float32, quant_type="nf4")
+    packed.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, quant_type="nf4")
+    attention.to_q = packed.to("cpu")
+    assert attention.to_q.weight.shape != linear.weight.shape and is_quantized(generator.denoisers()[0])
+    lora = {
+        "blocks.0.attn1.to_q.lora_A.weight": torch.ones(4, 24),
+        "blocks.0.attn1.to_q.lora_B.weight": torch.ones(24, 4),
+    }
+    adapter = LoRAAdapter([lora], rank=4, alpha=4, target_modules=["to_q"])
+    with adapter.apply(generator):
+        assert isinstance(attention.to_q, BaseTunerLayer)
+    assert attention.to_q.weight.shape == packed.weight.shape and not isinstance(attention.to_q, BaseTunerLayer)
