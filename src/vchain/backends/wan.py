@@ -48,7 +48,9 @@ class WanVideoGenerator(DiffusersVideoGenerator):
             (`height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0`, ...).
 
     `from_pretrained(model_id, dtype=..., device=..., **settings)` loads a checkpoint (default
-    `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`); the VAE stays in float32, as Wan's authors recommend.
+    `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`); the VAE stays in float32, as Wan's authors recommend. Its
+    `quantization=` ("int8", "fp8", "nf4"; both experts of Wan2.2), `offload=` ("model", "group") and
+    `vae_tiling=` fit the 14B models to smaller GPUs (docs/big-models.md).
     """
 
     lora_targets = WAN_LORA_TARGETS
