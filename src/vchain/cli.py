@@ -54,7 +54,7 @@ ACCELERATION_OPTIONS = ("compile", "attention_backend", "cache", "cache_threshol
 CHAT_OPTIONS = ("structured_output", "timeout", "max_tokens", "extra_body")
 REASONER_OPTIONS = ("reasoner", "reasoner_model", "base_url", *CHAT_OPTIONS)
 IMAGE_OPTIONS = ("image_backend", "image_model", "image_base_url")
-GENERATOR_OPTIONS = ("model", "device", "dtype")
+GENERATOR_OPTIONS = ("model", "device", "dtype", "quantization", "offload", "vae_tiling")
 KEYFRAME_OPTIONS = ("max_keyframes", "edit_inputs", "color_correction", "verify_keyframes", "max_redos")
 SAMPLING_ONLY = ("num_frames", "num_inference_steps", "guidance_scale", "seed")
 TUNING_OPTIONS = ("steps", "rank", "alpha", "learning_rate", "gradient_checkpointing")
@@ -334,7 +334,7 @@ class _Reasoning:
 
 def _add_generator(parser: argparse.ArgumentParser) -> None:
     from vchain.backends import GENERATOR_FAMILIES
-    from vchain.backends._configs import Acceleration
+    from vchain.backends._configs import OFFLOADS, QUANTIZATIONS, Acceleration
     from vchain.lora_config import LoRAConfig
 
     families = ", ".join(f"{f.name} ({f.pipeline_class})" for f in GENERATOR_FAMILIES.values())
@@ -356,6 +356,21 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep the text encoder on the CPU except while it encodes (frees 11 GiB for Wan's UMT5-XXL)",
     )
+    memory = parser.add_argument_group("memory (large models on small GPUs; the frames stay the same with offload)")
+    memory.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="store the denoiser quantized: int8 or fp8 (torchao, CPU or GPU), nf4 (bitsandbytes, CUDA only); "
+        "the LoRA is tuned on top as layers (pip install 'vchain[quant]')",
+    )
+    memory.add_argument(
+        "--offload",
+        choices=OFFLOADS,
+        default=None,
+        help="keep weights on the CPU: model (one model at a time, needs a GPU) or group (one block at a time)",
+    )
+    memory.add_argument("--vae-tiling", action="store_true", default=None, help="decode the video in tiles")
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
@@ -456,6 +471,13 @@ class _Generation:
             )
         self.acceleration = Acceleration(**{**recorded.get("acceleration", {}), **switches})
         self.offload_text_encoder = bool(args.offload_text_encoder)
+        # The quantization is the weights' storage, like the dtype: kept from the run unless given.
+        self.quantization = args.quantization or recorded.get("quantization")
+        self.offload, self.vae_tiling = args.offload, bool(args.vae_tiling)
+        if self.offload and self.offload_text_encoder:
+            raise ConfigurationError(
+                "--offload already keeps the text encoder on the CPU; drop --offload-text-encoder"
+            )
 
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
@@ -466,6 +488,9 @@ class _Generation:
             dtype=self.dtype,
             device=device,
             offload_text_encoder=self.offload_text_encoder,
+            quantization=self.quantization,
+            offload=self.offload,
+            vae_tiling=self.vae_tiling,
             **self.sampling.model_dump(),
             **self.acceleration.model_dump(),
         )
@@ -490,6 +515,7 @@ def _recorded(output: Path) -> tuple[str, str, dict]:
         "class": sampled.get("class") or tuned.get("class"),
         "model_id": sampled.get("model_id") or tuned.get("model_id"),
         "dtype": sampled.get("dtype") or tuned.get("dtype"),
+        "quantization": sampled.get("quantization") or tuned.get("quantization"),
         "sampling": dict(sampled.get("config") or {}),
         "acceleration": dict(sampled.get("acceleration") or {}),
         "tuning": {k: v for k, v in (tuner.get("config") or {}).items() if k != "target_modules"},
@@ -1070,6 +1096,9 @@ def _is_float(text: str) -> bool:
     return True
 
 
+QUIET_ON_IMPORT = ("torchao", "bitsandbytes", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
 def _main(argv: list[str]) -> int:
     command = next((a for a in argv if a in COMMANDS), "")
     parser = build_parser(only=command)
@@ -1079,6 +1108,9 @@ def _main(argv: list[str]) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("vchain").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # import-time notes of the quantization packages: kernels for other hardware, old APIs
+        for name in QUIET_ON_IMPORT:
+            logging.getLogger(name).setLevel(logging.ERROR)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:

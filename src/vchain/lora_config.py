@@ -54,7 +54,7 @@ class LoRAConfig(Config):
     merge_for_sampling: bool = Field(
         True,
         description="fold the LoRA into the weights while sampling (restored from a snapshot); "
-        "False adds peft layers instead",
+        "False adds peft layers instead; on a quantized model always layers",
     )
 
     @model_validator(mode="after")

@@ -120,7 +120,8 @@ class LoRAAdapter(Adapter):
             _check_fits(denoiser, state_dict, i)
         with contextlib.ExitStack() as stack:
             for denoiser, state_dict in zip(denoisers, self.state_dicts, strict=True):
-                apply = _merged if self.merge else _as_peft_layers
+                # A quantized weight cannot hold the sum: there the LoRA runs beside it as layers.
+                apply = _merged if self.merge and not is_quantized(denoiser) else _as_peft_layers
                 stack.enter_context(apply(denoiser, state_dict, self))
             yield
 
@@ -184,16 +185,22 @@ def _check_fits(denoiser: torch.nn.Module, state_dict: dict, index: int) -> None
     """A LoRA for other modules or shapes is refused before any weight is touched."""
     for module_name, down, up in lora_files.lora_pairs(state_dict):
         try:
-            weight = denoiser.get_submodule(module_name).weight
+            module = denoiser.get_submodule(module_name)
+            # A linear's own sizes: a 4-bit weight (bitsandbytes) is stored packed, in another shape.
+            shape = (
+                (module.out_features, module.in_features)
+                if isinstance(module, torch.nn.Linear)
+                else tuple(module.weight.shape)
+            )
         except AttributeError:
             raise VChainError(
                 f"the LoRA for denoiser {index} targets {module_name!r}, which {type(denoiser).__name__} "
                 "does not have: it was tuned on another model"
             ) from None
-        if up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[1]) != tuple(weight.shape):
+        if up.dim() != 2 or down.dim() != 2 or (up.shape[0], down.shape[1]) != shape:
             raise VChainError(
                 f"the LoRA for {module_name!r} has shape {tuple(up.shape)} x {tuple(down.shape)}, the "
-                f"model's weight is {tuple(weight.shape)}: it was tuned on another model"
+                f"model's weight is {shape}: it was tuned on another model"
             )
 
 
@@ -342,7 +349,7 @@ class LoRATuner(Tuner):
                 rank=config.rank,
                 alpha=config.alpha,
                 target_modules=targets,
-                merge=config.merge_for_sampling,
+                merge=config.merge_for_sampling and not any(is_quantized(d) for d in denoisers),
                 report=report,
             )
         except NumericalError as e:  # the last steps blew up after the last loss read
@@ -364,8 +371,10 @@ class LoRATuner(Tuner):
         objective = generator.training_objective()
         schedule = _Schedule(config, len(latents), objective, generator.denoiser_for, device)
         step = 0
-        compiled = contextlib.ExitStack()
+        compiled, held = contextlib.ExitStack(), contextlib.ExitStack()
         try:
+            for denoiser in denoisers:
+                held.enter_context(_held_on_device(denoiser))
             params = []
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(config.seed)  # peft draws LoRA init from the global RNG
@@ -450,6 +459,7 @@ class LoRATuner(Tuner):
             for denoiser, state in zip(denoisers, saved, strict=True):
                 _remove_adapter(denoiser)
                 _restore_module_state(denoiser, state)
+            held.close()
 
     @staticmethod
     def _check_finite(config: LoRAConfig, first_bad: int, mean: float, step: int) -> None:
@@ -570,6 +580,14 @@ def input_dtype(module: torch.nn.Module) -> torch.dtype:
     return floating[0][1] if floating else torch.float32
 
 
+def is_quantized(module: torch.nn.Module) -> bool:
+    """Whether `module` holds quantized weights: diffusers marks a model it quantized while loading
+    (`is_quantized`); torchao's `quantize_` leaves tensor subclasses, bitsandbytes its `Params4bit`."""
+    if getattr(module, "is_quantized", False):
+        return True
+    return any(type(p) not in (torch.Tensor, torch.nn.Parameter) for p in module.parameters())
+
+
 def _take(context, rows: slice | torch.Tensor, dtype: torch.dtype):
     if isinstance(context, dict):
         return {k: v[rows].to(dtype) if v.is_floating_point() else v[rows] for k, v in context.items()}
@@ -658,6 +676,7 @@ def _add_adapter(denoiser: torch.nn.Module, config) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the point: a second adapter
         inject_adapter_in_model(config, denoiser, adapter_name=ADAPTER_NAME)
+    _refresh_offloading(denoiser)
     if not layers:
         return
     for module in denoiser.modules():
@@ -680,6 +699,46 @@ def _remove_adapter(denoiser: torch.nn.Module) -> None:
     else:
         delete_adapter_layers(denoiser, ADAPTER_NAME)
         adapters.pop(ADAPTER_NAME, None)  # diffusers' helper pops it already when it loaded a LoRA
+    _refresh_offloading(denoiser)
+
+
+@contextlib.contextmanager
+def _held_on_device(denoiser: torch.nn.Module) -> Iterator[None]:
+    """A group-offloaded denoiser whole on its device for the duration, its offloading put back after.
+
+    diffusers' group offloading moves a block's weights in forward hooks and back right after the block ran,
+    so the backward pass would find them gone: tuning holds the denoiser as model offloading would.
+    """
+    from diffusers.hooks import HookRegistry
+    from diffusers.hooks import group_offloading as offloading
+
+    hook = offloading._get_top_level_group_offload_hook(denoiser)
+    if hook is None:
+        yield
+        return
+    config = hook.config
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    for name in (
+        offloading._GROUP_OFFLOADING,
+        offloading._LAYER_EXECUTION_TRACKER,
+        offloading._LAZY_PREFETCH_GROUP_OFFLOADING,
+    ):
+        registry.remove_hook(name, recurse=True)
+    denoiser.to(config.onload_device)
+    try:
+        yield
+    finally:
+        denoiser.to(config.offload_device)
+        offloading._apply_group_offloading(denoiser, config)
+
+
+def _refresh_offloading(denoiser: torch.nn.Module) -> None:
+    """diffusers' group offloading hooks list the tensors they move when applied: after layers were added
+    or removed they are applied again (as diffusers does when it loads a LoRA), else the LoRA's own
+    weights would be left behind on the CPU."""
+    from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+    _maybe_remove_and_reapply_group_offloading(denoiser)
 
 
 def _module_state(module: torch.nn.Module) -> dict:

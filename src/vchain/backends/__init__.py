@@ -133,6 +133,11 @@ def generator_family(model_id: str | Path | None) -> GeneratorFamily:
 def checkpoint_class(model_id: str | Path, source: dict) -> str | None:
     """The diffusers pipeline class a checkpoint names (`_class_name` of its `model_index.json`), from what
     `vchain._hub.resolve_pretrained` found; only that file is downloaded for a hub id that is not cached."""
+    return checkpoint_index(model_id, source).get("_class_name")
+
+
+def checkpoint_index(model_id: str | Path, source: dict) -> dict:
+    """A checkpoint's `model_index.json`, found as `checkpoint_class` finds it."""
     folder = Path(source["pretrained_model_name_or_path"])
     if folder.is_dir():
         index = folder / "model_index.json"
@@ -142,8 +147,11 @@ def checkpoint_class(model_id: str | Path, source: dict) -> str | None:
         hub = {k: source[k] for k in ("revision", "cache_dir", "token", "local_files_only") if k in source}
         index = Path(hf_hub_download(str(model_id), "model_index.json", **hub))
     try:
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError, AttributeError) as e:
+        content = json.loads(index.read_text(encoding="utf-8"))
+        if not isinstance(content, dict):
+            raise ValueError(f"it holds a {type(content).__name__}, not an object")
+        return content
+    except (OSError, ValueError) as e:
         raise ConfigurationError(f"{str(index)!r} is not a readable model_index.json: {e}") from e
 
 

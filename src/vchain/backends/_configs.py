@@ -256,3 +256,8 @@ class CogVideoXLoRAConfig(LoRAConfig):
     weighting_scheme: Literal["logit_normal", "uniform"] = Field(
         "uniform", description="how noise levels are drawn; uniform timesteps, as CogVideoX was trained"
     )
+
+
+# `from_pretrained`'s memory options (`quantization=`, `offload=`), here for the command line's choices.
+QUANTIZATIONS = ("int8", "fp8", "nf4")
+OFFLOADS = ("model", "group")

@@ -16,13 +16,15 @@ from PIL import Image
 
 from vchain._hub import check_hub_options, resolve_pretrained, weights_identity
 from vchain.accounting import report_timing
-from vchain.backends._configs import Acceleration
+from vchain.backends._configs import OFFLOADS, QUANTIZATIONS, Acceleration
 from vchain.config import Config, check_device
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.interfaces import TunableGenerator
 from vchain.tuning import compiled_blocks
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+# What each quantization needs installed, and the pip name to say when it is missing.
+_QUANTIZATION_PACKAGES = {"int8": "torchao", "fp8": "torchao", "nf4": "bitsandbytes"}
 
 
 def parse_dtype(value: object, *, argument: str = "dtype") -> torch.dtype:
@@ -98,6 +100,8 @@ class DiffusersVideoGenerator(TunableGenerator):
     """
 
     pipeline_class: ClassVar[str]
+    # The pipeline's components `quantization` applies to: the denoiser(s), most of the weights.
+    quantized_components: ClassVar[tuple[str, ...]] = ("transformer",)
     sampling_class: ClassVar[type[Config]]
     # The step caches that work on the family's pipeline. SeaCache needs the scheduler's step and sigma, which
     # only diffusers' WanPipeline passes to it; elsewhere it "fails open" (warns and caches nothing).
@@ -150,6 +154,10 @@ class DiffusersVideoGenerator(TunableGenerator):
         self.model_id: str | None = getattr(pipeline, "name_or_path", None)
         # Which weights: set by from_pretrained (a hub commit or a folder); unknown for a wrapped pipeline.
         self.weights: dict | None = None
+        # How from_pretrained fitted the model to the memory (None / False for a wrapped pipeline).
+        self.quantization: str | None = None
+        self.offload: str | None = None
+        self.vae_tiling = False
 
     @classmethod
     def from_pretrained(
@@ -164,13 +172,24 @@ class DiffusersVideoGenerator(TunableGenerator):
         cache_dir: str | None = None,
         token: str | bool | None = None,
         local_files_only: bool | None = None,
+        quantization: str | None = None,
+        offload: str | None = None,
+        vae_tiling: bool = False,
         **settings,
     ):
         """Load a Diffusers-format checkpoint (hub id or local folder; default `default_model`).
 
         Args:
             dtype: the weights' dtype (default bfloat16); `torch_dtype=` is the older name.
-            device: where to put the pipeline (default: leave it on the CPU, you call `.to(...)`).
+            device: where to put the pipeline (default: leave it on the CPU, you call `.to(...)`); with
+                `offload`, where the pipeline runs (default: cuda when there is one, else the CPU).
+            quantization: store the denoiser(s) (`quantized_components`) quantized as they load: `"int8"` or
+                `"fp8"` (torchao, weight-only; CPU and GPU) or `"nf4"` (bitsandbytes 4-bit; a CUDA GPU only).
+                A LoRA tuned or applied on such a model is added as layers, never folded into the weights.
+            offload: keep the weights on the CPU and move them to the device as they run: `"model"` one whole
+                model at a time (diffusers' model CPU offload; needs an accelerator), `"group"` one transformer
+                block at a time (diffusers' group offloading, overlapped with compute on CUDA streams).
+            vae_tiling: decode (and encode) the video in tiles, for large frames on a small GPU.
             revision, variant, cache_dir, token, local_files_only: diffusers' hub keywords, passed through.
                 The commit the revision resolved to (or the local folder's path) goes into `describe()`,
                 hence into manifests and run fingerprints; the token does not.
@@ -188,6 +207,9 @@ class DiffusersVideoGenerator(TunableGenerator):
         dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
         if device is not None:
             check_device(device)
+        check_memory_options(
+            quantization, offload, vae_tiling, device=device, offload_text_encoder=settings.get("offload_text_encoder")
+        )
         check_hub_options(variant=variant)
         source = resolve_pretrained(
             model_id,
@@ -200,12 +222,24 @@ class DiffusersVideoGenerator(TunableGenerator):
         )
         cls._check_checkpoint(model_id, source)
         try:
-            pipeline = cls._load({**source, **({"variant": variant} if variant else {})}, dtype)
+            pipeline = cls._load(
+                {**source, **({"variant": variant} if variant else {})},
+                dtype,
+                quantization_config(quantization, cls._quantized(model_id, source), dtype) if quantization else None,
+            )
         except (OSError, ValueError) as e:
             raise ConfigurationError(f"cannot load {cls.what} {str(model_id)!r}: {e}") from e
         generator = cls(pipeline, **settings)
         generator.model_id = str(model_id)
         generator.weights = weights_identity(source, "model_index.json", variant)
+        generator.quantization = quantization
+        if vae_tiling:
+            pipeline.vae.enable_tiling()
+            generator.vae_tiling = True
+        if offload is not None:
+            _enable_offload(pipeline, offload, device)
+            generator.offload = offload
+            return generator
         return generator.to(device) if device is not None else generator
 
     @classmethod
@@ -235,11 +269,22 @@ class DiffusersVideoGenerator(TunableGenerator):
             )
 
     @classmethod
-    def _load(cls, source: dict, dtype: torch.dtype):
-        """The pipeline from `resolve_pretrained`'s keyword arguments."""
+    def _quantized(cls, model_id: str, source: dict) -> tuple[str, ...]:
+        """Those of `quantized_components` the checkpoint has (Wan2.1 has no `transformer_2`)."""
+        from vchain.backends import checkpoint_index
+
+        index = checkpoint_index(model_id, source)
+        return tuple(name for name in cls.quantized_components if (index.get(name) or [None])[0] is not None)
+
+    @classmethod
+    def _load(cls, source: dict, dtype: torch.dtype, quantization=None):
+        """The pipeline from `resolve_pretrained`'s keyword arguments; `quantization` a diffusers
+        `PipelineQuantizationConfig` (or None)."""
         import diffusers
 
-        return getattr(diffusers, cls.pipeline_class).from_pretrained(**source, dtype=dtype)
+        return getattr(diffusers, cls.pipeline_class).from_pretrained(
+            **source, dtype=dtype, quantization_config=quantization
+        )
 
     def _checked(self, config):
         """`config` checked against the loaded model's own size rules."""
@@ -274,9 +319,18 @@ class DiffusersVideoGenerator(TunableGenerator):
             "denoisers": len(self.denoisers()),
             "config": self.config.to_dict(),
             "acceleration": self.acceleration.to_dict(),
+            # Only when set, so that the records of runs on a plain model keep their fingerprints.
+            **({"quantization": self.quantization} if self.quantization else {}),
+            **({"offload": self.offload} if self.offload else {}),
+            **({"vae_tiling": True} if self.vae_tiling else {}),
         }
 
     def to(self, *args, **kwargs):
+        if self.offload is not None:
+            raise ConfigurationError(
+                f"{type(self).__name__} was loaded with offload={self.offload!r}: its weights move to the device "
+                "as they run, so it cannot be moved as a whole; load it again without offload to place it"
+            )
         self.pipeline.to(*args, **kwargs)
         if self.offload_text_encoder:
             self.pipeline.text_encoder.to("cpu")
@@ -397,6 +451,84 @@ class DiffusersVideoGenerator(TunableGenerator):
                     f"{type(denoiser).__name__}: its attention processors ({', '.join(names)}) call torch directly, "
                     "not diffusers' attention dispatcher; leave attention_backend None"
                 )
+
+
+def check_memory_options(
+    quantization: object, offload: object, vae_tiling: object, *, device=None, offload_text_encoder: object = False
+) -> None:
+    """`from_pretrained`'s memory options checked before anything loads: values, the packages they need, and
+    the hardware (nf4 and model offload cannot run on a CPU-only machine)."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise ConfigurationError(
+            f"quantization must be one of {', '.join(QUANTIZATIONS)} or None, got {quantization!r}"
+        )
+    if offload is not None and offload not in OFFLOADS:
+        raise ConfigurationError(f"offload must be one of {', '.join(OFFLOADS)} or None, got {offload!r}")
+    _checked_flag(vae_tiling, "vae_tiling")
+    if offload is not None and offload_text_encoder:
+        raise ConfigurationError(
+            f"offload={offload!r} already keeps the text encoder on the CPU between uses; leave offload_text_encoder "
+            "False"
+        )
+    if quantization == "nf4" and not torch.cuda.is_available():
+        raise ConfigurationError(
+            "quantization='nf4' needs a CUDA GPU (bitsandbytes' 4-bit loading in diffusers refuses to run without "
+            "one); on a CPU use 'int8' or 'fp8'"
+        )
+    if quantization is not None:
+        package = _QUANTIZATION_PACKAGES[quantization]
+        try:
+            __import__(package)
+        except ImportError as e:
+            raise ConfigurationError(
+                f"quantization={quantization!r} needs {package}: pip install 'vchain[quant]' (or {package} alone)"
+            ) from e
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if offload == "model" and (on_cpu or not _has_accelerator()):
+        raise ConfigurationError(
+            f"offload='model' needs an accelerator (CUDA, or another torch accelerator) to move the models to, "
+            f"got device {str(device or 'cpu')!r}; on a CPU use offload='group' (its hooks move nothing there) or None"
+        )
+
+
+def quantization_config(quantization: str, components: tuple[str, ...], dtype: torch.dtype):
+    """diffusers' `PipelineQuantizationConfig` that stores `components` in `quantization` as they load."""
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    if quantization == "nf4":
+        from diffusers import BitsAndBytesConfig
+
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    else:
+        from diffusers import TorchAoConfig
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+        # Weight-only: the activations stay in the compute dtype, so it runs on CPUs and any GPU.
+        config = TorchAoConfig(Int8WeightOnlyConfig() if quantization == "int8" else Float8WeightOnlyConfig())
+    return PipelineQuantizationConfig(quant_mapping={name: config for name in components})
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def _enable_offload(pipeline, offload: str, device) -> None:
+    """diffusers' offloading onto `device` (default: the accelerator, else the CPU, where group offloading's
+    hooks run and move nothing)."""
+    if device is None:
+        device = torch.accelerator.current_accelerator() if _has_accelerator() else torch.device("cpu")
+    device = torch.device(device)
+    if offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+        return
+    pipeline.enable_group_offload(
+        onload_device=device,
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        use_stream=device.type == "cuda",
+    )
 
 
 def _checked_flag(value: object, name: str) -> bool:

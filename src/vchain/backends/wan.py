@@ -48,22 +48,25 @@ class WanVideoGenerator(DiffusersVideoGenerator):
             (`height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0`, ...).
 
     `from_pretrained(model_id, dtype=..., device=..., **settings)` loads a checkpoint (default
-    `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`); the VAE stays in float32, as Wan's authors recommend.
+    `Wan-AI/Wan2.1-T2V-1.3B-Diffusers`); the VAE stays in float32, as Wan's authors recommend. Its
+    `quantization=` ("int8", "fp8", "nf4"; both experts of Wan2.2), `offload=` ("model", "group") and
+    `vae_tiling=` fit the 14B models to smaller GPUs (docs/big-models.md).
     """
 
     lora_targets = WAN_LORA_TARGETS
     pipeline_class = "WanPipeline"
     step_caches = ("first-block", "sea", "taylorseer")
+    quantized_components = ("transformer", "transformer_2")  # Wan2.2's second expert, where there is one
     sampling_class = WanSamplingConfig
     default_model = DEFAULT_MODEL
     what = "Wan weights"
 
     @classmethod
-    def _load(cls, source: dict, dtype: torch.dtype):
+    def _load(cls, source: dict, dtype: torch.dtype, quantization=None):
         from diffusers import AutoencoderKLWan, WanPipeline
 
         vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
-        return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
+        return WanPipeline.from_pretrained(**source, vae=vae, dtype=dtype, quantization_config=quantization)
 
     def _checked(self, config: WanSamplingConfig) -> WanSamplingConfig:
         return config.check(*self._multiples(), self._max_size())
@@ -160,11 +163,11 @@ class WanVACEVideoGenerator(WanVideoGenerator, KeyframeConditionedGenerator):
         self._controls: dict[tuple, torch.Tensor] = {}
 
     @classmethod
-    def _load(cls, source: dict, dtype: torch.dtype):
+    def _load(cls, source: dict, dtype: torch.dtype, quantization=None):
         from diffusers import AutoencoderKLWan, WanVACEPipeline
 
         vae = AutoencoderKLWan.from_pretrained(**source, subfolder="vae", dtype=torch.float32)
-        return WanVACEPipeline.from_pretrained(**source, vae=vae, dtype=dtype)
+        return WanVACEPipeline.from_pretrained(**source, vae=vae, dtype=dtype, quantization_config=quantization)
 
     def sample(
         self,
