@@ -24,7 +24,8 @@ import pytest
 from vchain.cli import main
 from vchain.testing import tiny_wan_pipeline
 
-TINY = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32", "--tune-steps", "2"]
+SIZE = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32"]
+TINY = [*SIZE, "--tune-steps", "2"]
 EXPERTS = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 3}
 PROMPT = "A ball rolls off a table."
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -44,8 +45,8 @@ def tiny_wan(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def launched(tiny_wan, tmp_path_factory):
-    """A chain folder sampled (and tuned) by one process, its twin by `torchrun` with `--parallel cfg`, and the
-    two-expert tiny Wan sampled through the library on the same launch."""
+    """A chain folder tuned and sampled by one process, its twin by two ranks with `--parallel cfg`, and the
+    two-expert tiny Wan sampled through the library by the same ranks."""
     from vchain import VChainPipeline
     from vchain.reasoning import ReasoningConfig
     from vchain.testing import DrawingImageBackend, ScriptedReasoner
@@ -66,10 +67,13 @@ def launched(tiny_wan, tmp_path_factory):
         process.start()
     for process in ranks:
         process.join(timeout=300)
+        if process.is_alive():
+            process.kill()
     assert [process.exitcode for process in ranks] == [0, 0], (
         (out / "error.txt").read_text() if (out / "error.txt").exists() else ""
     )
     assert main(["sample", "-o", str(single), "--model", tiny_wan, *TINY]) == 0
+    assert main(["generate", PROMPT, "-o", str(root / "t2v"), "--variant", "t2v", "--model", tiny_wan, *SIZE]) == 0
     return single, parallel, out
 
 
@@ -84,6 +88,14 @@ def test_cfg_on_two_processes_samples_the_frames_of_one(launched):
     tuned = json.loads((single / "manifest.json").read_text())["stages"]["tuning"]
     # Rank 0 tuned as one process does (the same adapter: the same fingerprint); parallel is no tuning input.
     assert manifest["stages"]["tuning"]["fingerprint"] == tuned["fingerprint"]
+
+
+def test_generate_with_cfg_on_two_processes_samples_the_frames_of_one(launched):
+    single, _, out = launched
+    assert (out / "t2v-code-0").read_text() == (out / "t2v-code-1").read_text() == "0"
+    one, two = iio.imread(single.parent / "t2v" / "video.mp4"), iio.imread(out / "t2v" / "video.mp4")
+    assert one.shape == two.shape and np.abs(one.astype(int) - two.astype(int)).max() <= 2
+    assert sorted(p.name for p in (out / "t2v").iterdir()) == sorted(p.name for p in (single.parent / "t2v").iterdir())
 
 
 def test_rank_0_alone_writes_the_folder_and_the_other_loads_its_adapter(launched):
@@ -121,7 +133,8 @@ def test_a_bad_launch_is_refused_before_torch_is_imported(tiny_wan, tmp_path):
         "for name, argv in runs.items():\n    err = io.StringIO()\n    with contextlib.redirect_stderr(err):\n"
         "        try:\n            code = main(argv)\n        except SystemExit as e:\n            code = e.code\n"
         "    seen[name] = [code, err.getvalue()]\n"
-        "seen['heavy'] = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\nprint(json.dumps(seen))"
+        "seen['heavy'] = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "print(json.dumps(seen))"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True, env=_env(), timeout=120
@@ -150,7 +163,7 @@ def test_the_library_refuses_a_parallel_generator_without_a_process_group():
     from vchain.backends.wan import WanVideoGenerator
     from vchain.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="parallel='cfg' needs torch.distributed's process group"):
+    with pytest.raises(ConfigurationError, match=r"parallel='cfg' needs torch\.distributed's process group"):
         WanVideoGenerator(tiny_wan_pipeline(), parallel="cfg", **EXPERTS)
     with pytest.raises(ConfigurationError, match="parallel must be None or one of"):
         WanVideoGenerator(tiny_wan_pipeline(), parallel="tensor", **EXPERTS)
@@ -193,4 +206,18 @@ def _worker(out: Path, model: str, run: str) -> None:
     logging.getLogger("vchain").addHandler(log)
     code = main(["sample", "-o", run, "--model", model, *TINY, "--parallel", "cfg"])
     (out / f"code-{rank}").write_text(str(code))
+    t2v = [
+        "generate",
+        PROMPT,
+        "-o",
+        str(out / "t2v"),
+        "--variant",
+        "t2v",
+        "--model",
+        model,
+        *SIZE,
+        "--parallel",
+        "cfg",
+    ]
+    (out / f"t2v-code-{rank}").write_text(str(main(t2v)))
     dist.destroy_process_group()

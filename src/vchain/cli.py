@@ -597,7 +597,7 @@ def cmd_generate(args) -> int:
         check_applies(search.config, spec, args.output)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
     if args.parallel is not None:
-        _check_parallel_variant(args, spec, search.config)
+        _check_parallel_variant(spec, search.config)
     rank = _launch(args, generation)
     if not rank:
         _check_folder(args.output, args.prompt.strip(), args.variant)
@@ -640,7 +640,7 @@ def cmd_generate(args) -> int:
     return EXIT_OK
 
 
-def _check_parallel_variant(args, spec, search) -> None:
+def _check_parallel_variant(spec, search) -> None:
     """`--parallel` splits the generator's sampling; runs whose other stages would repeat on every rank (or
     that do not sample with the generator) are refused."""
     if search is not None:
