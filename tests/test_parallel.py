@@ -159,7 +159,7 @@ def test_context_parallelism_on_a_cpu_is_one_error_naming_cuda_and_nccl(mode, ti
     assert not (tmp_path / "run").exists()
 
 
-def test_the_library_refuses_a_parallel_generator_without_a_process_group():
+def test_the_library_refuses_a_parallel_generator_without_a_process_group_or_a_second_branch():
     from vchain.backends.wan import WanVideoGenerator
     from vchain.errors import ConfigurationError
 
@@ -167,6 +167,8 @@ def test_the_library_refuses_a_parallel_generator_without_a_process_group():
         WanVideoGenerator(tiny_wan_pipeline(), parallel="cfg", **EXPERTS)
     with pytest.raises(ConfigurationError, match="parallel must be None or one of"):
         WanVideoGenerator(tiny_wan_pipeline(), parallel="tensor", **EXPERTS)
+    with pytest.raises(ConfigurationError, match=r"parallel='cfg' splits .* the guidance is 1\.0"):
+        WanVideoGenerator(tiny_wan_pipeline(), parallel="cfg", guidance_scale=1.0, **EXPERTS)
 
 
 def _free_port() -> int:

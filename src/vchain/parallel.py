@@ -44,15 +44,16 @@ def check_sampling(mode: str | None, *, guidance_scale: float, pipeline_class: s
     """`mode` checked against what it splits: cfg needs two guidance branches, run in two transformer calls."""
     if mode != "cfg":
         return
+    named = f"{argument} cfg" if argument.startswith("--") else f"{argument}='cfg'"
     if guidance_scale <= 1:
         raise ConfigurationError(
-            f"{argument} cfg splits the two classifier-free-guidance branches over two processes, but the "
-            f"guidance is {guidance_scale} (at 1 or below there is one branch): raise the guidance above 1, or "
-            f"leave {argument} out"
+            f"{named} splits the two classifier-free-guidance branches over two processes, but the guidance is "
+            f"{guidance_scale} (at 1 or below there is one branch): raise the guidance above 1, or leave "
+            f"{argument} out"
         )
     if pipeline_class not in CFG_SPLIT_PIPELINES:
         raise ConfigurationError(
-            f"{argument} cfg needs a pipeline that runs each guidance branch in its own transformer call "
+            f"{named} needs a pipeline that runs each guidance branch in its own transformer call "
             f"({', '.join(CFG_SPLIT_PIPELINES)}); {pipeline_class} batches them"
         )
 
