@@ -7,6 +7,7 @@ environment torchrun gives its workers (`_rank`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -21,8 +22,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from tests.conftest import SCHEMA
 from vchain.cli import main
-from vchain.testing import tiny_wan_pipeline
+from vchain.testing import FakeOpenAIServer, tiny_wan_pipeline
 
 SIZE = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32"]
 TINY = [*SIZE, "--tune-steps", "2"]
@@ -45,6 +47,11 @@ def tiny_wan(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def launched(tiny_wan, tmp_path_factory):
+    with contextlib.ExitStack() as stack:
+        yield from _launch(tiny_wan, tmp_path_factory, stack)
+
+
+def _launch(tiny_wan, tmp_path_factory, stack):
     """A chain folder tuned and sampled by one process, its twin by two ranks with `--parallel cfg`, and the
     two-expert tiny Wan sampled through the library by the same ranks."""
     from vchain import VChainPipeline
@@ -58,11 +65,15 @@ def launched(tiny_wan, tmp_path_factory):
     VChainPipeline(reasoner, DrawingImageBackend(), reasoning=frame).think(PROMPT, output_dir=single)
     shutil.copytree(single, parallel)
     out.mkdir()
+    server = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
     port = _free_port()
     # Forked from this process, whose imports they share (a fresh interpreter would import torch and diffusers
     # again), with the environment torchrun gives its workers.
     fork = multiprocessing.get_context("fork")
-    ranks = [fork.Process(target=_rank, args=(rank, port, out, tiny_wan, str(parallel))) for rank in range(2)]
+    ranks = [
+        fork.Process(target=_rank, args=(rank, port, out, tiny_wan, str(parallel), server.base_url))
+        for rank in range(2)
+    ]
     for process in ranks:
         process.start()
     for process in ranks:
@@ -74,11 +85,11 @@ def launched(tiny_wan, tmp_path_factory):
     )
     assert main(["sample", "-o", str(single), "--model", tiny_wan, *TINY]) == 0
     assert main(["generate", PROMPT, "-o", str(root / "t2v"), "--variant", "t2v", "--model", tiny_wan, *SIZE]) == 0
-    return single, parallel, out
+    yield single, parallel, out, server
 
 
 def test_cfg_on_two_processes_samples_the_frames_of_one(launched):
-    single, parallel, _ = launched
+    single, parallel, *_ = launched
     one, two = iio.imread(single / "video.mp4"), iio.imread(parallel / "video.mp4")
     assert one.shape == two.shape == (5, 32, 32, 3)
     # The same float frames up to float error; the mp4 encoding may round a value either way.
@@ -91,15 +102,26 @@ def test_cfg_on_two_processes_samples_the_frames_of_one(launched):
 
 
 def test_generate_with_cfg_on_two_processes_samples_the_frames_of_one(launched):
-    single, _, out = launched
+    single, _, out, _ = launched
     assert (out / "t2v-code-0").read_text() == (out / "t2v-code-1").read_text() == "0"
     one, two = iio.imread(single.parent / "t2v" / "video.mp4"), iio.imread(out / "t2v" / "video.mp4")
     assert one.shape == two.shape and np.abs(one.astype(int) - two.astype(int)).max() <= 2
     assert sorted(p.name for p in (out / "t2v").iterdir()) == sorted(p.name for p in (single.parent / "t2v").iterdir())
 
 
+def test_generate_reasons_once_on_rank_0_and_tunes_once(launched):
+    _, _, out, server = launched
+    assert (out / "vchain-code-0").read_text() == (out / "vchain-code-1").read_text() == "0"
+    manifest = json.loads((out / "vchain" / "manifest.json").read_text())
+    assert manifest["usage"]["requests"] == len(server.requests) > 0  # no request from rank 1
+    assert manifest["stages"]["tuning"]["status"] == manifest["stages"]["sampling"]["status"] == "done"
+    follower = (out / "log-1.txt").read_text()
+    assert follower.count("Loading the adapter tuned earlier") == 2  # the sample's and the generate's
+    assert (out / "vchain" / "video.mp4").is_file() and (out / "vchain" / "lora").is_dir()
+
+
 def test_rank_0_alone_writes_the_folder_and_the_other_loads_its_adapter(launched):
-    single, parallel, out = launched
+    single, parallel, out, _ = launched
     files = sorted(str(p.relative_to(parallel)) for p in parallel.rglob("*"))
     assert files == sorted(str(p.relative_to(single)) for p in single.rglob("*"))
     assert (out / "code-0").read_text() == (out / "code-1").read_text() == "0"
@@ -110,7 +132,7 @@ def test_rank_0_alone_writes_the_folder_and_the_other_loads_its_adapter(launched
 def test_cfg_splits_both_experts_of_wan2_2_through_the_library(launched):
     from vchain.backends.wan import WanVideoGenerator
 
-    _, _, out = launched
+    _, _, out, _ = launched
     reference = WanVideoGenerator(tiny_wan_pipeline(two_experts=True), **EXPERTS).sample(
         PROMPT, seed=1, output_type="np"
     )
@@ -177,19 +199,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rank(rank: int, port: int, out: Path, model: str, run: str) -> None:
+def _rank(rank: int, port: int, out: Path, model: str, run: str, url: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     try:
-        _worker(out, model, run)
+        _worker(out, model, run, url)
     except BaseException:
         (out / "error.txt").write_text(traceback.format_exc())
         raise
 
 
-def _worker(out: Path, model: str, run: str) -> None:
-    """One rank of the launch: the library on the two-expert tiny Wan, then `vchain sample --parallel cfg`."""
+def _worker(out: Path, model: str, run: str, url: str) -> None:
+    """One rank of the launch: the library on the two-expert tiny Wan, then `vchain sample` and `vchain generate`
+    (t2v, and vchain reasoning on the local OpenAI stand-in at `url`) with `--parallel cfg`."""
     import logging
 
     import torch.distributed as dist
@@ -222,4 +245,7 @@ def _worker(out: Path, model: str, run: str) -> None:
         "cfg",
     ]
     (out / f"t2v-code-{rank}").write_text(str(main(t2v)))
+    urls = ["--base-url", url, "--image-base-url", url]
+    vchain = ["generate", PROMPT, "-o", str(out / "vchain"), "--model", model, *TINY, *urls, "--parallel", "cfg"]
+    (out / f"vchain-code-{rank}").write_text(str(main(vchain)))
     dist.destroy_process_group()
