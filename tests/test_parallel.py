@@ -26,9 +26,10 @@ from tests.conftest import SCHEMA
 from vchain.cli import main
 from vchain.testing import FakeOpenAIServer, tiny_wan_pipeline
 
-SIZE = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32"]
+# A high guidance: the tiny random model's two branches differ little, and a wrong split must show.
+SIZE = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32", "--guidance", "40"]
 TINY = [*SIZE, "--tune-steps", "2"]
-EXPERTS = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 3}
+EXPERTS = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 3, "guidance_scale": 40.0}
 PROMPT = "A ball rolls off a table."
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -190,7 +191,7 @@ def test_the_library_refuses_a_parallel_generator_without_a_process_group_or_a_s
     with pytest.raises(ConfigurationError, match="parallel must be None or one of"):
         WanVideoGenerator(tiny_wan_pipeline(), parallel="tensor", **EXPERTS)
     with pytest.raises(ConfigurationError, match=r"parallel='cfg' splits .* the guidance is 1\.0"):
-        WanVideoGenerator(tiny_wan_pipeline(), parallel="cfg", guidance_scale=1.0, **EXPERTS)
+        WanVideoGenerator(tiny_wan_pipeline(), parallel="cfg", **{**EXPERTS, "guidance_scale": 1.0})
 
 
 def _free_port() -> int:
