@@ -182,6 +182,17 @@ def test_context_parallelism_on_a_cpu_is_one_error_naming_cuda_and_nccl(mode, ti
     assert not (tmp_path / "run").exists()
 
 
+def test_context_parallelism_needs_a_transformer_diffusers_can_split():
+    from vchain.errors import ConfigurationError
+    from vchain.parallel import check_sampling
+
+    with pytest.raises(
+        ConfigurationError, match=r"--parallel ring is diffusers' context parallelism.*WanVACEPipeline"
+    ):
+        check_sampling("ring", guidance_scale=5.0, pipeline_class="WanVACEPipeline", argument="--parallel")
+    check_sampling("ulysses", guidance_scale=1.0, pipeline_class="WanPipeline")  # no guidance needed
+
+
 def test_the_library_refuses_a_parallel_generator_without_a_process_group_or_a_second_branch():
     from vchain.backends.wan import WanVideoGenerator
     from vchain.errors import ConfigurationError

@@ -29,6 +29,9 @@ PARALLEL_MODES = ("cfg", "ulysses", "ring")
 # Pipelines whose __call__ runs the transformer once per guidance branch (cond, then uncond): the ones `cfg`
 # can split. CogVideoX batches both branches into one call.
 CFG_SPLIT_PIPELINES = ("WanPipeline", "WanVACEPipeline")
+# Pipelines whose transformer has a context-parallel plan in diffusers (`_cp_plan`): Wan's, not VACE's or
+# CogVideoX's.
+CONTEXT_PARALLEL_PIPELINES = ("WanPipeline",)
 LAUNCH = "torchrun --nproc_per_node {n} -m vchain.cli ... (or accelerate launch --num_processes {n} -m vchain.cli ...)"
 
 T = TypeVar("T")
@@ -41,7 +44,14 @@ def check_mode(mode: object, *, argument: str = "parallel") -> str | None:
 
 
 def check_sampling(mode: str | None, *, guidance_scale: float, pipeline_class: str, argument: str = "parallel"):
-    """`mode` checked against what it splits: cfg needs two guidance branches, run in two transformer calls."""
+    """`mode` checked against what it splits: cfg needs two guidance branches, run in two transformer calls;
+    ulysses and ring a transformer that diffusers knows how to split."""
+    if mode in ("ulysses", "ring") and pipeline_class not in CONTEXT_PARALLEL_PIPELINES:
+        named = f"{argument} {mode}" if argument.startswith("--") else f"{argument}={mode!r}"
+        raise ConfigurationError(
+            f"{named} is diffusers' context parallelism, which has a plan for the transformer of "
+            f"{', '.join(CONTEXT_PARALLEL_PIPELINES)} only, not of {pipeline_class}; use --parallel cfg"
+        )
     if mode != "cfg":
         return
     named = f"{argument} cfg" if argument.startswith("--") else f"{argument}='cfg'"
