@@ -386,7 +386,7 @@ def _launch(args, generation) -> int | None:
         argument="--parallel",
     )
     rank, _ = check_launch(args.parallel, device=generation.device)
-    init_process_group()
+    init_process_group(generation.device)
     generation.parallel = args.parallel
     return rank
 

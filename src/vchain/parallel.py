@@ -47,14 +47,13 @@ def check_sampling(mode: str | None, *, guidance_scale: float, pipeline_class: s
     """`mode` checked against what it splits: cfg needs two guidance branches, run in two transformer calls;
     ulysses and ring a transformer that diffusers knows how to split."""
     if mode in ("ulysses", "ring") and pipeline_class not in CONTEXT_PARALLEL_PIPELINES:
-        named = f"{argument} {mode}" if argument.startswith("--") else f"{argument}={mode!r}"
         raise ConfigurationError(
-            f"{named} is diffusers' context parallelism, which has a plan for the transformer of "
+            f"{_named(argument, mode)} is diffusers' context parallelism, which has a plan for the transformer of "
             f"{', '.join(CONTEXT_PARALLEL_PIPELINES)} only, not of {pipeline_class}; use --parallel cfg"
         )
     if mode != "cfg":
         return
-    named = f"{argument} cfg" if argument.startswith("--") else f"{argument}='cfg'"
+    named = _named(argument, mode)
     if guidance_scale <= 1:
         raise ConfigurationError(
             f"{named} splits the two classifier-free-guidance branches over two processes, but the guidance is "
@@ -66,6 +65,11 @@ def check_sampling(mode: str | None, *, guidance_scale: float, pipeline_class: s
             f"{named} needs a pipeline that runs each guidance branch in its own transformer call "
             f"({', '.join(CFG_SPLIT_PIPELINES)}); {pipeline_class} batches them"
         )
+
+
+def _named(argument: str, mode: str) -> str:
+    """The setting as the caller wrote it: `--parallel cfg` on the command line, `parallel='cfg'` in Python."""
+    return f"{argument} {mode}" if argument.startswith("--") else f"{argument}={mode!r}"
 
 
 def check_launch(mode: str, *, device: str | None = None, argument: str = "--parallel") -> tuple[int, int]:
@@ -92,7 +96,7 @@ def check_launch(mode: str, *, device: str | None = None, argument: str = "--par
 def check_cuda(mode: str, *, device: str | None = None, argument: str = "--parallel") -> None:
     """diffusers' context parallelism needs CUDA and NCCL (it places rank r on GPU r mod the GPU count)."""
     why = (
-        f"{argument} {mode} is diffusers' context parallelism, which needs CUDA GPUs and the NCCL backend; "
+        f"{_named(argument, mode)} is diffusers' context parallelism, which needs CUDA GPUs and the NCCL backend; "
         "on CPUs use --parallel cfg (gloo) or no --parallel"
     )
     if device is not None and not device.startswith("cuda"):
@@ -107,15 +111,15 @@ def check_cuda(mode: str, *, device: str | None = None, argument: str = "--paral
         raise ConfigurationError(f"{why}, and the process group's backend is {dist.get_backend()!r}")
 
 
-def init_process_group() -> None:
+def init_process_group(device: str | None = None) -> None:
     """The process group from the launcher's environment, unless there is one: NCCL with CUDA (each rank on
-    GPU LOCAL_RANK), gloo otherwise."""
+    GPU LOCAL_RANK), gloo otherwise (also for a `device` that is not CUDA)."""
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and (device is None or device.startswith("cuda")):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl")
     else:
