@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -374,6 +375,38 @@ def _add_generator(parser: argparse.ArgumentParser) -> None:
     _add_config_flags(parser.add_argument_group("sparse tuning (LoRA)"), (LoRAConfig,), TUNING_FLAGS)
 
 
+def _add_parallel(parser: argparse.ArgumentParser) -> None:
+    from vchain.parallel import PARALLEL_MODES
+
+    parser.add_argument(
+        "--parallel",
+        choices=PARALLEL_MODES,
+        default=None,
+        help="sample on the processes of `torchrun --nproc_per_node N` or `accelerate launch --num_processes N`: "
+        "cfg (the two guidance branches on 2 processes), ulysses or ring (diffusers' context parallelism, CUDA); "
+        "rank 0 alone writes the run folder (docs/parallel.md)",
+    )
+
+
+def _launch(args, generation) -> int | None:
+    """This process's rank when `--parallel` is given (None otherwise), after every check of the launch; the
+    process group is started here. Imports torch only for ulysses/ring's CUDA check."""
+    if args.parallel is None:
+        return None
+    from vchain.parallel import check_launch, check_sampling, init_process_group
+
+    check_sampling(
+        args.parallel,
+        guidance_scale=generation.sampling.guidance_scale,
+        pipeline_class=generation.family.pipeline_class,
+        argument="--parallel",
+    )
+    rank, _ = check_launch(args.parallel, device=generation.device)
+    init_process_group(generation.device)
+    generation.parallel = args.parallel
+    return rank
+
+
 def _add_search(parser: argparse.ArgumentParser) -> None:
     from vchain.search import SearchConfig
 
@@ -469,7 +502,12 @@ class _Generation:
                 f"--attention-backend does not apply to {self.family.name} checkpoints: their "
                 "attention calls torch directly, not diffusers' dispatcher"
             )
-        self.acceleration = Acceleration(**{**recorded.get("acceleration", {}), **switches})
+        kept = dict(recorded.get("acceleration", {}))
+        if kept.get("cache") is None or switches.get("cache", kept.get("cache")) != kept.get("cache"):
+            # A cache's knobs carry over with it only (older runs recorded a threshold with no cache at all).
+            for knob in ("cache_threshold", "cache_interval"):
+                kept.pop(knob, None)
+        self.acceleration = Acceleration(**{**kept, **switches})
         self.offload_text_encoder = bool(args.offload_text_encoder)
         # The quantization is the weights' storage, like the dtype: kept from the run unless given.
         self.quantization = args.quantization or recorded.get("quantization")
@@ -478,11 +516,17 @@ class _Generation:
             raise ConfigurationError(
                 "--offload already keeps the text encoder on the CPU; drop --offload-text-encoder"
             )
+        self.parallel: str | None = None  # set by `_launch`
 
     def build(self):
         """Load the generator (and make the tuner): the one slow step, after every check passed."""
         generator_class, tuner_class = self.family.generator_class(), self.family.tuner_class()
-        device = _usable_device(self.device)
+        parallel = {}
+        if self.parallel is not None:
+            from vchain.parallel import rank_device
+
+            parallel = {"parallel": self.parallel, "device": rank_device(self.device)}
+        device = _usable_device(parallel.pop("device", self.device))
         generator = generator_class.from_pretrained(
             self.model,
             dtype=self.dtype,
@@ -491,6 +535,7 @@ class _Generation:
             quantization=self.quantization,
             offload=self.offload,
             vae_tiling=self.vae_tiling,
+            **parallel,
             **self.sampling.model_dump(),
             **self.acceleration.model_dump(),
         )
@@ -583,8 +628,13 @@ def cmd_generate(args) -> int:
 
         check_applies(search.config, spec, args.output)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
-    _check_folder(args.output, args.prompt.strip(), args.variant)
-    reasoner, image_backend = reasoning.build() if reasoning else (None, None)
+    if args.parallel is not None:
+        _check_parallel_variant(spec, search.config)
+    rank = _launch(args, generation)
+    if not rank:
+        _check_folder(args.output, args.prompt.strip(), args.variant)
+    # Reasoning costs money: rank 0 alone reasons; the other ranks read its chain.
+    reasoner, image_backend = reasoning.build() if reasoning and not rank else (None, None)
     judge = search.build()
     generator, tuner = generation.build()
     config = reasoning.config if reasoning else None
@@ -597,20 +647,44 @@ def cmd_generate(args) -> int:
         judge=judge,
         release_between_stages=True,
     )
-    out = pipe(
-        args.prompt,
-        args.output,
-        variant=args.variant,
-        seed=generation.seed,
-        overwrite=args.overwrite,
-        search=search.config,
-    )
+    run = {"variant": args.variant, "seed": generation.seed, "search": search.config}
+    if rank is None:
+        out = pipe(args.prompt, args.output, overwrite=args.overwrite, **run)
+    else:
+        from vchain.parallel import run_on_ranks
+        from vchain.run import RunDirectory
+
+        def prepare(folder: Path) -> None:
+            last = "tuning" if spec.tuning else "reasoning" if spec.reasoning == "chain" else None
+            if last is not None:
+                pipe(args.prompt, folder, stop_after=last, overwrite=args.overwrite, **run)
+            elif args.overwrite:
+                RunDirectory(folder, args.prompt, variant=args.variant, overwrite=True).close()
+
+        out = run_on_ranks(args.output, lambda folder, _: pipe(args.prompt, folder, **run), prepare=prepare)
+        if rank:
+            return EXIT_OK
     print(f"{args.variant}: {len(out.frames)} frames -> {out.video_path}")
     found = out.manifest.stages.sampling.search if out.manifest is not None else None
     if found is not None and found.winner_round is not None:
         judged = sum(len(r.candidates) for r in found.rounds)
         print(f"search: round {found.winner_round}, seed {found.winner_seed} is the best of {judged} candidate(s)")
     return EXIT_OK
+
+
+def _check_parallel_variant(spec, search) -> None:
+    """`--parallel` splits the generator's sampling; runs whose other stages would repeat on every rank (or
+    that do not sample with the generator) are refused."""
+    if search is not None:
+        raise ConfigurationError(
+            "--parallel does not go with a search (--candidates, --rounds): its judge and re-planning would run on "
+            "every process; search without --parallel"
+        )
+    if spec.reasoning == "augment" or spec.render == "interpolator":
+        what = "rewrites the prompt" if spec.reasoning == "augment" else "interpolates the keyframes"
+        raise ConfigurationError(
+            f"--parallel does not apply to --variant {spec.name}, which {what} (run it without --parallel)"
+        )
 
 
 def cmd_tune(args) -> int:
@@ -647,10 +721,28 @@ def cmd_sample(args) -> int:
     if not spec.tuning:
         _refuse_unused(args, TUNING_OPTIONS, f"to this {variant} run, which does not tune")
     generation = _Generation(args, recorded)
-    _check_folder(args.output, prompt, variant, finished=("reasoning",) if spec.reasoning == "chain" else ())
+    rank = _launch(args, generation)
+    if not rank:
+        _check_folder(args.output, prompt, variant, finished=("reasoning",) if spec.reasoning == "chain" else ())
     generator, tuner = generation.build()
     tuner = tuner if spec.tuning else None
-    out = VChainPipeline(generator=generator, tuner=tuner)(prompt, args.output, variant=variant, seed=generation.seed)
+    pipe = VChainPipeline(generator=generator, tuner=tuner)
+    if rank is None:
+        out = pipe(prompt, args.output, variant=variant, seed=generation.seed)
+    else:
+        from vchain.parallel import run_on_ranks
+
+        # Rank 0 tunes (if the folder has no adapter yet); the others load its adapter.
+        def prepare(folder: Path) -> None:
+            pipe(prompt, folder, variant=variant, seed=generation.seed, stop_after="tuning")
+
+        out = run_on_ranks(
+            args.output,
+            lambda folder, _: pipe(prompt, folder, variant=variant, seed=generation.seed),
+            prepare=prepare if spec.tuning else None,
+        )
+        if rank:
+            return EXIT_OK
     print(f"{len(out.frames)} frames -> {out.video_path}")
     return EXIT_OK
 
@@ -706,6 +798,11 @@ def cmd_suite(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds is not None and args.seed is not None:
         raise ConfigurationError("--seed and --seeds do not go together: give the one seed as --seeds N")
+    if args.parallel is not None:
+        raise ConfigurationError(
+            "--parallel does not apply to vchain suite, which already shares its runs out among the processes of a "
+            "launch (each takes its share); use --parallel with vchain generate or vchain sample"
+        )
     search = _Search(args)
     if args.demo:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
@@ -869,6 +966,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         generate.add_argument("--variant", choices=list(_variants()), default="vchain", help=_variants_help())
         _add_reasoning(generate)
         _add_generator(generate)
+        _add_parallel(generate)
         _add_search(generate)
 
     tune = commands.add_parser(
@@ -892,6 +990,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
     if full("sample"):
         _add_generator(sample)
+        _add_parallel(sample)
 
     suite = commands.add_parser(
         "suite",
@@ -929,6 +1028,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         suite.add_argument("--demo", action="store_true", help="use the offline tiny random models (a dry run)")
         _add_reasoning(suite)
         _add_generator(suite)
+        _add_parallel(suite)
         _add_search(suite)
 
     export_lora = commands.add_parser(
@@ -1074,7 +1174,10 @@ def _run_folder(argv: list[str]) -> str | None:
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("command", nargs="?")
     peek.add_argument("-o", "--output")
+    peek.add_argument("--parallel")
     known, _ = peek.parse_known_args([a for a in argv if a not in ("-v", "--verbose")])
+    if known.parallel and os.environ.get("RANK", "0") != "0":
+        return None  # only rank 0 of a launch writes the folder; the others work on a copy
     return known.output if known.command in RUN_FOLDER_COMMANDS and known.output else None
 
 

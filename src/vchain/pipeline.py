@@ -427,8 +427,10 @@ class VChainPipeline:
     def _tune_step(self, run, chain: ThoughtChain) -> Adapter:
         inputs = None
         if self.generator is not None and self.tuner is not None:
-            # What tuning depends on: the model, not how it samples (settings, acceleration switches).
-            identity = {k: v for k, v in self.generator.describe().items() if k not in ("config", "acceleration")}
+            # What tuning depends on: the model, not how it samples (settings, acceleration switches, parallel).
+            identity = {
+                k: v for k, v in self.generator.describe().items() if k not in ("config", "acceleration", "parallel")
+            }
             tokens = self.generator.prompt_tokens("")
             inputs = {
                 "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,

@@ -20,6 +20,7 @@ from vchain.backends._configs import OFFLOADS, QUANTIZATIONS, Acceleration
 from vchain.config import Config, check_device
 from vchain.errors import ConfigurationError, NumericalError
 from vchain.interfaces import TunableGenerator
+from vchain.parallel import check_mode, check_sampling, parallel_sampling, require_process_group
 from vchain.tuning import compiled_blocks
 
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -96,6 +97,9 @@ class DiffusersVideoGenerator(TunableGenerator):
         offload_text_encoder: keep the text encoder on the CPU between encodings; it moves to the device for
             each (a prompt, or the captions of a tuning run) and back, which frees its memory (11 GiB for
             UMT5-XXL in bfloat16) for the transformer at the cost of two copies per encoding.
+        parallel: sample on the ranks of a launch (`torchrun`): `"cfg"` (the two guidance branches on two
+            ranks), `"ulysses"` or `"ring"` (diffusers' context parallelism, CUDA only); see `vchain.parallel`.
+            Needs the process group initialised first.
         **sampling: defaults for every `sample` call, the fields of `sampling_class`.
     """
 
@@ -120,6 +124,7 @@ class DiffusersVideoGenerator(TunableGenerator):
         cache_threshold: float | None = None,
         cache_interval: int | None = None,
         offload_text_encoder: bool = False,
+        parallel: str | None = None,
         **sampling: Any,
     ):
         import diffusers
@@ -151,6 +156,10 @@ class DiffusersVideoGenerator(TunableGenerator):
         self.offload_text_encoder = _checked_flag(offload_text_encoder, "offload_text_encoder")
         if offload_text_encoder:
             pipeline.text_encoder.to("cpu")
+        self.parallel = check_mode(parallel)
+        if parallel is not None:
+            check_sampling(parallel, guidance_scale=self.config.guidance_scale, pipeline_class=self.pipeline_class)
+            require_process_group(parallel)
         self.model_id: str | None = getattr(pipeline, "name_or_path", None)
         # Which weights: set by from_pretrained (a hub commit or a folder); unknown for a wrapped pipeline.
         self.weights: dict | None = None
@@ -194,13 +203,20 @@ class DiffusersVideoGenerator(TunableGenerator):
                 The commit the revision resolved to (or the local folder's path) goes into `describe()`,
                 hence into manifests and run fingerprints; the token does not.
             **settings: the constructor's keywords (sampling settings, acceleration switches,
-                `offload_text_encoder`), checked before the (large) download or load starts.
+                `offload_text_encoder`, `parallel`), checked before the (large) download or load starts.
         """
         model_id = cls.default_model if model_id is None else model_id
         switches = {k: v for k, v in settings.items() if k in Acceleration.model_fields}
         cls._acceleration(**switches)
-        sampling = {k: v for k, v in settings.items() if k not in switches and k != "offload_text_encoder"}
-        cls.sampling_class(**sampling).check()
+        sampling = {
+            k: v for k, v in settings.items() if k not in switches and k not in ("offload_text_encoder", "parallel")
+        }
+        config = cls.sampling_class(**sampling).check()
+        if check_mode(settings.get("parallel")) is not None:
+            check_sampling(
+                settings["parallel"], guidance_scale=config.guidance_scale, pipeline_class=cls.pipeline_class
+            )
+            require_process_group(settings["parallel"])
         _checked_flag(settings.get("offload_text_encoder", False), "offload_text_encoder")
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
@@ -323,6 +339,7 @@ class DiffusersVideoGenerator(TunableGenerator):
             **({"quantization": self.quantization} if self.quantization else {}),
             **({"offload": self.offload} if self.offload else {}),
             **({"vae_tiling": True} if self.vae_tiling else {}),
+            **({"parallel": self.parallel} if self.parallel else {}),
         }
 
     def to(self, *args, **kwargs):
@@ -374,9 +391,10 @@ class DiffusersVideoGenerator(TunableGenerator):
     def _sample(self, prompt: str, config, *, seed: int | None, output_type: str, **conditions: Any):
         """One pipeline call with checked settings; `conditions` are extra pipeline keywords (a family's own)."""
         call = {**self._call_arguments(prompt, config), **conditions}
-        if self.offload_text_encoder:
+        check_sampling(self.parallel, guidance_scale=config.guidance_scale, pipeline_class=self.pipeline_class)
+        if self.offload_text_encoder or self.parallel == "cfg":  # cfg: rank 1 needs the negative embeddings
             call = self._with_prompt_embeddings(call)
-        with self.accelerated():
+        with self.accelerated(), parallel_sampling(self.parallel, self.denoisers(), call):
             return sample_video(
                 self.pipeline,
                 num_inference_steps=config.num_inference_steps,
