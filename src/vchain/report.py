@@ -132,7 +132,8 @@ TEMPLATE = """\
       <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ "%g"|format(row.candidates) }}</td>
       <td>{{ "%.2f"|format(row.chosen) }}</td><td>{{ "%.2f"|format(row.first) }}</td>
       <td>{{ "%.2f"|format(row.low) }} to {{ "%.2f"|format(row.high) }}</td>
-      {% for d in dimensions %}<td>{{ "%.2f"|format(row.scores[d.name]) }}</td>{% endfor %}
+      {% for d in dimensions %}{% set value = row.scores[d.name] %}
+      <td>{% if value is none %}—{% else %}{{ "%.2f"|format(value) }}{% endif %}</td>{% endfor %}
     </tr>
     {% endfor %}
   </table>
@@ -194,8 +195,12 @@ TEMPLATE = """\
         <caption>{{ judged.judge }}</caption>
         {% for d in dimensions %}
         {% set value = judged.scores.score(d.name) %}
+        {% if value is none %}
+        <tr><th>{{ d.title }}</th><td class="score">—</td><td class="missing">not scored by this judge</td></tr>
+        {% else %}
         <tr><th>{{ d.title }}</th><td class="score score-{{ value }}">{{ value }}</td>
           <td>{{ judged.scores.reason(d.name) }}</td></tr>
+        {% endif %}
         {% endfor %}
       </table>
       {% if judged.frames %}
@@ -302,7 +307,7 @@ class _SearchRow:
     first: float
     low: float
     high: float
-    scores: dict[str, float]
+    scores: dict[str, float | None]  # None: the search judge does not score that dimension
 
 
 @dataclass
@@ -476,10 +481,14 @@ def _search_rows(outcomes: list[SearchOutcome], variants: list[str]) -> list[_Se
                 float(np.mean([o.first.objective for o in mine])),
                 float(np.mean([o.lowest for o in mine])),
                 float(np.mean([o.highest for o in mine])),
-                {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
+                {d: _mean([o.chosen.scores[d] for o in mine if d in o.chosen.scores]) for d in DIMENSIONS},
             )
         )
     return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _by_judge(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:

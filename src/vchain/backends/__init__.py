@@ -257,6 +257,12 @@ def _transformers_judge(model: str, *, grid=False, dtype=None, device=None):
     return TransformersJudge.from_pretrained(model, grid=grid, dtype=dtype, device=device)
 
 
+def _videoscore2_judge(model: str, *, dtype=None, device=None):
+    from vchain.backends.videoscore2 import VideoScore2Judge
+
+    return VideoScore2Judge.from_pretrained(model, dtype=dtype, device=device)
+
+
 REASONERS: dict[str, BackendKind] = {
     "openai": BackendKind(_openai_reasoner),
     "transformers": BackendKind(_transformers_reasoner, model="ID_OR_DIR", checkpoint="config.json"),
@@ -268,4 +274,5 @@ IMAGE_BACKENDS: dict[str, BackendKind] = {
 JUDGES: dict[str, BackendKind] = {
     "openai": BackendKind(_openai_judge),
     "transformers": BackendKind(_transformers_judge, model="ID_OR_DIR", checkpoint="config.json"),
+    "videoscore2": BackendKind(_videoscore2_judge, model="ID_OR_DIR", checkpoint="config.json"),
 }
