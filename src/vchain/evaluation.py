@@ -13,7 +13,8 @@ suite's manifest records them; a run made outside a suite is its prompt's case, 
   Spearman and quadratic-weighted kappa, each with a 95% bootstrap interval over the labelled runs.
   Written as `judge-calibration.json` / `.md`; every summary names each judge's agreement from there.
 
-A statistic over fewer than two values has no interval: its cells stay blank and a note says why.
+A statistic over fewer than two values has no interval: its cells stay blank and a note says why. A
+dimension the judge does not score (`rated_dimensions`) gets no paired or calibration row at all.
 Resamples on which a statistic is undefined (a constant sample has no correlation) are skipped.
 """
 

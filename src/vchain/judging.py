@@ -12,6 +12,10 @@ keeps the structured answer (a score and a short reason per dimension) in the ru
 - `judge-summary.csv` / `judge-summary.md` in the root: per judge and variant, each dimension's mean
   with a 95% percentile-bootstrap confidence interval over runs, the number of runs, and what the judge
   cost (requests, tokens). A suite's own `summary.csv` is left as it is.
+
+A judge may score fewer dimensions (the VideoScore2 judge, `vchain.backends.videoscore2`, scores three;
+`judge_dimensions` says which): the others are None in its `VideoScores`, and every summary leaves them
+blank rather than averaging what is not there.
 """
 
 from __future__ import annotations

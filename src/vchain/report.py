@@ -106,7 +106,7 @@ TEMPLATE = """\
       {% for d in dimensions %}{% set e = row.estimates.get(d.name) %}
       <td>{% if e %}{{ "%.2f"|format(e.mean) }}
         <small>{% if e.low is not none %}[{{ "%.2f"|format(e.low) }}, {{ "%.2f"|format(e.high) }}]
-        {%- else %}[—]{% endif %}</small>{% else %}-{% endif %}</td>
+        {%- else %}[—]{% endif %}</small>{% else %}—{% endif %}</td>
       {% endfor %}
       <td>{{ row.requests }}</td><td>{{ row.input_tokens }} / {{ row.output_tokens }}</td>
     </tr>

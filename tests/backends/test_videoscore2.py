@@ -5,6 +5,7 @@ import ast
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,20 +147,25 @@ def test_a_search_objective_the_judge_does_not_score_is_refused_up_front(judge):
     assert check_search(SearchConfig(candidates=2, objective=("physics", "frame_quality")), judge, 0) is not None
 
 
-@pytest.fixture
-def suite(tmp_path):
-    root = tmp_path / "suite"
-    for case in ("00_rock", "01_egg"):
-        for variant in ("t2v", "vchain"):
-            make_run(root / case / variant, f"Prompt of {case}.", variant, 3 if variant == "t2v" else 5)
+@pytest.fixture(scope="module")
+def pristine_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine") / "suite"
+    for variant, score in (("t2v", 3), ("vchain", 5)):
+        make_run(root / "00_rock" / variant, "Prompt of 00_rock.", variant, score)
     return root
+
+
+@pytest.fixture
+def suite(pristine_suite, tmp_path):
+    """One case judged with and without vchain (a pair), never judged."""
+    return Path(shutil.copytree(pristine_suite, tmp_path / "suite"))
 
 
 def test_vchain_judge_leaves_the_unscored_dimensions_blank_everywhere(suite, capsys):
     from vchain.report import write_report
 
     labels = suite / "labels.csv"
-    labels.write_text("run,frame_quality,commonsense\n00_rock/t2v,2,3\n01_egg/vchain,4,5\n")
+    labels.write_text("run,frame_quality,commonsense\n00_rock/t2v,2,3\n00_rock/vchain,4,5\n")
     code = main(["judge", str(suite), "--judge", f"videoscore2:{tiny_vlm('qwen2_5_vl')}", "--frames", "4",
                  "--calibrate", str(labels)])  # fmt: skip
     assert code == 0
@@ -178,13 +184,13 @@ def test_vchain_judge_leaves_the_unscored_dimensions_blank_everywhere(suite, cap
     assert summary.count(" | — | ") >= 2 and "nan" not in summary.lower()
 
     paired = list(csv.DictReader((suite / PAIRED_CSV).open()))
-    assert [r["dimension"] for r in paired] == list(SCORED) and all(r["n"] == "2" for r in paired)
+    assert [r["dimension"] for r in paired] == list(SCORED) and all(r["n"] == "1" for r in paired)
     calibration = json.loads((suite / CALIBRATION_JSON).read_text())
     (calibrated,) = calibration["judges"].values()
     assert list(calibrated["dimensions"]) == list(SCORED) and calibrated["dimensions"]["frame_quality"]["n"] == 2
 
     page = write_report(suite, suite / "report.html").read_text()
-    assert page.count("not scored by this judge") == 4 * len(UNSCORED)
+    assert page.count("not scored by this judge") == 2 * len(UNSCORED)
 
 
 @pytest.mark.parametrize(
@@ -219,3 +225,17 @@ def test_bad_video_settings_fail_before_any_weight_loads():
     for setting, value in (("sampled_fps", 0), ("max_frames", 1), ("max_frame_pixels", 100)):
         with pytest.raises(ConfigurationError, match=f"{setting} must be"):
             VideoScore2Judge.from_pretrained("no/such-model", **{setting: value})
+
+
+def test_a_best_of_n_row_of_a_partly_scored_search_leaves_the_unscored_dimensions_blank():
+    from vchain.report import _search_rows
+    from vchain.run import CandidateRecord
+    from vchain.search import SearchOutcome
+
+    def outcome(physics: int) -> SearchOutcome:
+        chosen = CandidateRecord(seed=1, video="v.mp4", scores=dict.fromkeys(SCORED, physics), objective=physics)
+        first = CandidateRecord(seed=0, video="w.mp4", scores=dict.fromkeys(SCORED, 1), objective=1.0)
+        return SearchOutcome("vchain", 2, 0, 1, chosen, first, 1.0, float(physics), ("physics",))
+
+    (row,) = _search_rows([outcome(3), outcome(4)], ["vchain"])
+    assert row.scores == {d: (3.5 if d in SCORED else None) for d in row.scores} and len(row.scores) == 6
