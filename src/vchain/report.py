@@ -505,8 +505,10 @@ def chart(rows: list[SummaryRow]) -> Markup:
     variants = [row for row in rows if row.estimates]
     if not variants:
         return Markup("")
+    # A dimension the judge does not score gets no group (an empty one would read as a missing result).
+    dimensions = [d for d in DIMENSIONS if any(d in row.estimates for row in variants)]
     top, plot_height, left, group_width = 16, 180, 36, max(112, 18 * len(variants) + 24)
-    width, height = left + group_width * len(DIMENSIONS) + 8, top + plot_height + 40 + 18 * len(variants)
+    width, height = left + group_width * len(dimensions) + 8, top + plot_height + 40 + 18 * len(variants)
 
     def y(score: float) -> float:
         return top + (5 - score) / 4 * plot_height
@@ -521,7 +523,7 @@ def chart(rows: list[SummaryRow]) -> Markup:
             f'<line x1="{left}" x2="{width - 8}" y1="{y(score):.1f}" y2="{y(score):.1f}" stroke="#ddd"/>'
             f'<text x="{left - 8}" y="{y(score) + 4:.1f}" text-anchor="end">{score}</text>'
         )
-    for i, dimension in enumerate(DIMENSIONS):
+    for i, dimension in enumerate(dimensions):
         x0 = left + i * group_width
         parts.append(
             f'<text x="{x0 + group_width / 2:.1f}" y="{top + plot_height + 16}" text-anchor="middle">'

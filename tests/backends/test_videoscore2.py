@@ -191,6 +191,9 @@ def test_vchain_judge_leaves_the_unscored_dimensions_blank_everywhere(suite, cap
 
     page = write_report(suite, suite / "report.html").read_text()
     assert page.count("not scored by this judge") == 2 * len(UNSCORED)
+    chart = page[page.index('<svg class="chart"') : page.index("</svg>")]
+    assert all(f">{d.replace('_', ' ')}</text>" in chart for d in SCORED)
+    assert not any(f">{d.replace('_', ' ')}</text>" in chart for d in UNSCORED)
 
 
 @pytest.mark.parametrize(
