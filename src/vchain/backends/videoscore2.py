@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from pydantic import ConfigDict, Field
@@ -207,16 +206,15 @@ class VideoScore2ChatModel(TransformersChatModel):
             images=frames,
             temporal_patch_size=1,
             size={"shortest_edge": factor * factor, "longest_edge": self.max_frame_pixels},
-            return_tensors="np",
+            return_tensors="pt",  # the PIL processor's and the torchvision one's alike
         )
         _, grid_h, grid_w = (int(n) for n in processed["image_grid_thw"][0])
         grid_t, channels = len(frames) // temporal, 3
-        pixels = np.asarray(processed["pixel_values"]).reshape(
+        pixels = torch.as_tensor(processed["pixel_values"], dtype=torch.float32).reshape(
             grid_t, temporal, grid_h * grid_w, channels, self.patch_size**2
         )
-        pixels = pixels.transpose(0, 2, 3, 1, 4).reshape(grid_t * grid_h * grid_w, -1)
         return {
-            "pixel_values_videos": torch.from_numpy(np.ascontiguousarray(pixels)),
+            "pixel_values_videos": pixels.permute(0, 2, 3, 1, 4).reshape(grid_t * grid_h * grid_w, -1).contiguous(),
             "video_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]]),
             "second_per_grid_ts": torch.tensor([temporal / self.sampled_fps]),
         }
