@@ -362,22 +362,28 @@ def check_search(search: object, judge: object, seed: object) -> SearchConfig | 
             f"search with candidates={search.candidates}, rounds={search.rounds} needs a judge to score the "
             "candidates: VChainPipeline(..., judge=OpenAIJudge()) (CLI: --judge)"
         )
-    # The objective ranks candidates by the judge's scores: a dimension the judge never scores cannot rank
-    # them, and quietly dropping it would search for something else than was asked.
-    scored = judge_dimensions(judge)
-    unscored = [d for d in search.objective if d not in scored]
-    if unscored:
-        usable = tuple(d for d in search.objective if d in scored) or scored
-        raise ConfigurationError(
-            f"search objective {list(search.objective)} names {unscored}, which the judge "
-            f"{type(judge).__name__} does not score (it scores {list(scored)}); pass "
-            f"SearchConfig(objective={usable!r}) (CLI: --objective {' '.join(usable)})"
-        )
+    check_objective(search.objective, judge_dimensions(judge), type(judge).__name__)
     if seed is None:
         raise ConfigurationError("search needs a seed (its candidates are seed, seed+1, ...), got seed=None")
     if seed + search.candidates - 1 >= 2**63:
         raise ConfigurationError(f"seed={seed} leaves no room for {search.candidates} candidate seeds below 2**63")
     return search
+
+
+def check_objective(objective: tuple[str, ...], scored: tuple[str, ...], judge: str) -> None:
+    """A `ConfigurationError` if the objective names a dimension the judge (named `judge`) does not score.
+
+    The objective ranks candidates by the judge's scores: a dimension the judge never scores cannot rank
+    them, and quietly dropping it would search for something else than was asked.
+    """
+    unscored = [d for d in objective if d not in scored]
+    if unscored:
+        usable = tuple(d for d in objective if d in scored) or tuple(scored)
+        raise ConfigurationError(
+            f"search objective {list(objective)} names {unscored}, which the judge {judge} does not score "
+            f"(it scores {list(scored)}); pass SearchConfig(objective={usable!r}) "
+            f"(CLI: --objective {' '.join(usable)})"
+        )
 
 
 def check_applies(search: SearchConfig, spec: Variant, output_dir: object, stop_after: str | None = None) -> None:

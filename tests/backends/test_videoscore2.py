@@ -242,3 +242,17 @@ def test_a_best_of_n_row_of_a_partly_scored_search_leaves_the_unscored_dimension
 
     (row,) = _search_rows([outcome(3), outcome(4)], ["vchain"])
     assert row.scores == {d: (3.5 if d in SCORED else None) for d in row.scores} and len(row.scores) == 6
+
+
+def test_generate_refuses_an_objective_the_judge_does_not_score_before_loading_any_model(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr("vchain.backends.wan.WanVideoGenerator.from_pretrained", lambda *a, **k: pytest.fail())
+    monkeypatch.setattr(VideoScore2Judge, "from_pretrained", lambda *a, **k: pytest.fail())
+    judge = f"videoscore2:{tiny_vlm('qwen2_5_vl')}"
+    args = ["generate", "A ball falls.", "-o", str(tmp_path / "run"), "--candidates", "2", "--judge", judge]
+    assert main(args) == 2
+    assert "names ['commonsense', 'causality'], which the judge --judge videoscore2:" in capsys.readouterr().err
+    assert main([*args, "--objective", "physics", "causality"]) == 2
+    assert "(CLI: --objective physics)" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert JUDGES["videoscore2"].dimensions == VideoScore2Judge.dimensions == SCORED
