@@ -553,6 +553,8 @@ class SummaryRow:
             return "no run scored"
         notes = ["fewer than two cases: no interval"] if self.cases < 2 else []
         notes += ["one seed: no spread between seeds"] if self.seeds < 2 else []
+        unscored = [d for d in DIMENSIONS if d not in self.estimates]
+        notes += [f"not scored by this judge: {', '.join(unscored)}"] if unscored else []
         return "; ".join(notes)
 
 

@@ -179,6 +179,7 @@ def test_vchain_judge_leaves_the_unscored_dimensions_blank_everywhere(suite, cap
         for d in SCORED:
             assert float(row[f"{d}_mean"]) == pytest.approx(np.mean([s.score(d) for s in mine]))
         assert all(row[f"{d}_{stat}"] == "" for d in UNSCORED for stat in ("mean", "ci_low", "ci_high"))
+        assert row["note"].endswith("not scored by this judge: temporal_quality, commonsense, causality")
     summary = (suite / SUMMARY_MD).read_text()
     assert "Not scored by this judge: temporal quality, commonsense, causality." in summary
     assert summary.count(" | — | ") >= 2 and "nan" not in summary.lower()
