@@ -442,6 +442,10 @@ class _Search:
         self.choice = _Choice(
             JUDGES, args.judge, "--judge", what="judge weights", model=args.judge_model, ambient=ambient
         )
+        if self.choice.kind.dimensions is not None:  # a judge of fewer dimensions: the objective checked now
+            from vchain.search import check_objective
+
+            check_objective(self.config.objective, self.choice.kind.dimensions, f"--judge {args.judge}")
         if not local:
             self.choice.build()  # a served judge is cheap to make, and a missing key shows before any work
 

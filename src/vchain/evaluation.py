@@ -13,7 +13,8 @@ suite's manifest records them; a run made outside a suite is its prompt's case, 
   Spearman and quadratic-weighted kappa, each with a 95% bootstrap interval over the labelled runs.
   Written as `judge-calibration.json` / `.md`; every summary names each judge's agreement from there.
 
-A statistic over fewer than two values has no interval: its cells stay blank and a note says why.
+A statistic over fewer than two values has no interval: its cells stay blank and a note says why. A
+dimension the judge does not score (`rated_dimensions`) gets no paired or calibration row at all.
 Resamples on which a statistic is undefined (a constant sample has no correlation) are skipped.
 """
 
@@ -173,6 +174,7 @@ def paired_comparison(
     rows = []
     for judge_key in dict.fromkeys(s.judge_key for s in scored):
         mine = [s for s in scored if s.judge_key == judge_key]
+        dimensions = rated_dimensions(mine)
         partners = {(s.case, s.seed): s for s in mine if s.variant == baseline}
         variants = [v for v in dict.fromkeys(s.variant for s in mine) if v != baseline]
         for variant in variants:
@@ -185,9 +187,14 @@ def paired_comparison(
                 if group is not None:
                     groups.setdefault(group, []).append(pair)
             for group, members in groups.items():
-                for dimension in DIMENSIONS:
+                for dimension in dimensions:
                     rows.append(_paired_row(mine[0].judge, variant, baseline, group, dimension, members, config))
     return rows
+
+
+def rated_dimensions(scored: Sequence[ScoredRun]) -> tuple[str, ...]:
+    """The dimensions at least one of these scores rates: a judge's own (the others get no row at all)."""
+    return tuple(d for d in DIMENSIONS if any(s.scores.score(d) is not None for s in scored))
 
 
 def group_of(meta: dict[str, Any], by: str | None) -> str | None:
@@ -199,6 +206,9 @@ def group_of(meta: dict[str, Any], by: str | None) -> str | None:
 
 
 def _paired_row(judge, variant, baseline, group, dimension, pairs, config) -> PairedRow:
+    pairs = [
+        (a, b) for a, b in pairs if a.scores.score(dimension) is not None and b.scores.score(dimension) is not None
+    ]
     diffs = [(a.case, a.scores.score(dimension) - b.scores.score(dimension)) for a, b in pairs]
     signs = np.sign([d for _, d in diffs])
     difference = case_mean_interval(diffs, config)
@@ -261,7 +271,8 @@ def write_paired(
         f"Each variant minus {baseline} on the same case and seed, scores 1 to 5: the mean difference over "
         "cases (a case's seeds averaged first), in brackets a 95% paired-bootstrap interval "
         f"({config.bootstrap_resamples} resamples of the cases, seed {config.seed}), then wins / ties / "
-        "losses over the n pairs (a win: the variant scored higher). [—]: fewer than two cases, no interval.",
+        "losses over the n pairs (a win: the variant scored higher). [—]: fewer than two cases, no interval; "
+        "—: no pair, or a dimension the judge does not score.",
     ]
     if not rows:
         lines += ["", f"No variant has a {baseline} run to pair with on the same case and seed."]
@@ -281,16 +292,16 @@ def write_paired(
                 cells = {r.dimension: r for r in mine if r.group == group and r.variant == variant}
                 n = max(r.n for r in cells.values())
                 lines.append(
-                    "| " + " | ".join([variant, str(n), *(_paired_cell(cells[d]) for d in DIMENSIONS)]) + " |"
+                    "| " + " | ".join([variant, str(n), *(_paired_cell(cells.get(d)) for d in DIMENSIONS)]) + " |"
                 )
     md_path = _io.write_text(root / PAIRED_MD, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
-def _paired_cell(row: PairedRow) -> str:
-    d = row.difference
-    if d.value is None:
+def _paired_cell(row: PairedRow | None) -> str:
+    if row is None or row.difference.value is None:  # a dimension the judge does not score, or no pair
         return "—"
+    d = row.difference
     return f"{d.value:+.2f} {_brackets(d, '+.2f')} · {row.wins}/{row.ties}/{row.losses}"
 
 
@@ -382,11 +393,12 @@ def calibrate(
     rows = []
     for judge_key in dict.fromkeys(s.judge_key for s in scored):
         mine = [s for s in scored if s.judge_key == judge_key and s.path in labels.scores]
-        for dimension in DIMENSIONS:
+        # A dimension the judge does not score has nothing to agree on: it gets no row.
+        for dimension in rated_dimensions([s for s in scored if s.judge_key == judge_key]):
             pairs = [
                 (labels.scores[s.path][dimension], s.scores.score(dimension))
                 for s in mine
-                if dimension in labels.scores[s.path]
+                if dimension in labels.scores[s.path] and s.scores.score(dimension) is not None
             ]
             people, judge = (np.array([p[i] for p in pairs], dtype=float) for i in (0, 1))
             agreement = {}

@@ -12,6 +12,10 @@ keeps the structured answer (a score and a short reason per dimension) in the ru
 - `judge-summary.csv` / `judge-summary.md` in the root: per judge and variant, each dimension's mean
   with a 95% percentile-bootstrap confidence interval over runs, the number of runs, and what the judge
   cost (requests, tokens). A suite's own `summary.csv` is left as it is.
+
+A judge may score fewer dimensions (the VideoScore2 judge, `vchain.backends.videoscore2`, scores three;
+`judge_dimensions` says which): the others are None in its `VideoScores`, and every summary leaves them
+blank rather than averaging what is not there.
 """
 
 from __future__ import annotations
@@ -169,7 +173,13 @@ class ChatJudge(Judge):
         self._asker = ChatAsker()
 
     def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
-        return self._asker(self.chat, judge_messages(prompt, frames, grid=self.grid), VideoScores)
+        answer = self._asker(self.chat, judge_messages(prompt, frames, grid=self.grid), VideoScores)
+        # The schema asks for all six; a score left out (a null from a server that reads the schema loosely)
+        # is a malformed answer, not a partly scored video.
+        missing = [d for d in DIMENSIONS if answer.score(d) is None]
+        if missing:
+            raise MalformedResponseError(f"the judge's answer leaves {missing} without a score")
+        return answer
 
     def describe(self) -> dict[str, Any]:
         return {**chat_description(self, self.chat), "grid": self.grid}
@@ -320,6 +330,13 @@ class JudgingResult:
     def usage(self) -> UsageSummary:
         """The requests this call sent (cached runs sent none)."""
         return UsageMeter([call for run in self.runs for call in run.calls]).summary()
+
+
+def judge_dimensions(judge: object) -> tuple[str, ...]:
+    """The dimensions `judge` scores: its `dimensions` attribute where it has one (the VideoScore2 judge
+    scores three), else all six."""
+    dimensions = getattr(judge, "dimensions", DIMENSIONS)
+    return tuple(d for d in DIMENSIONS if d in dimensions)
 
 
 def judge_identity(judge: Judge, config: JudgingConfig) -> dict[str, Any]:
@@ -536,6 +553,8 @@ class SummaryRow:
             return "no run scored"
         notes = ["fewer than two cases: no interval"] if self.cases < 2 else []
         notes += ["one seed: no spread between seeds"] if self.seeds < 2 else []
+        unscored = [d for d in DIMENSIONS if d not in self.estimates]
+        notes += [f"not scored by this judge: {', '.join(unscored)}"] if unscored else []
         return "; ".join(notes)
 
 
@@ -583,11 +602,15 @@ def _summary_row(judge: str, variant: str, group: str, scored: list, paid: list[
     from vchain.evaluation import case_mean_interval
 
     estimates = {}
-    for dimension in DIMENSIONS if scored else ():
+    for dimension in DIMENSIONS:
+        # A dimension the judge leaves out has no estimate: the summaries show it blank, never as a number.
+        rated = [s for s in scored if s.scores.score(dimension) is not None]
+        if not rated:
+            continue
         by_seed: dict[int | None, list[float]] = {}
-        for s in scored:
+        for s in rated:
             by_seed.setdefault(s.seed, []).append(s.scores.score(dimension))
-        mean = case_mean_interval([(s.case, s.scores.score(dimension)) for s in scored], config)
+        mean = case_mean_interval([(s.case, s.scores.score(dimension)) for s in rated], config)
         sd = stats.spread([np.mean(v) for v in by_seed.values()])
         estimates[dimension] = Estimate(mean.value, mean.low, mean.high, seed_sd=sd)
     return SummaryRow(
@@ -678,7 +701,7 @@ def write_judge_summary(
         f"a 95% confidence interval (percentile bootstrap, {config.bootstrap_resamples} resamples of the "
         f"cases, seed {config.seed}; [—]: fewer than two cases, no interval), and with several seeds sd, the "
         "standard deviation between the seeds' means. The cost is every request the judge sent for those "
-        "runs, retries included.",
+        "runs, retries included. —: the judge does not score that dimension.",
     ]
     header = [
         "variant",
@@ -693,6 +716,9 @@ def write_judge_summary(
     for judge in dict.fromkeys(row.judge for row in rows):
         lines += ["", f"## {judge}", "", agreement_line(judge, calibration)]
         mine = [r for r in rows if r.judge == judge]
+        unscored = [d for d in DIMENSIONS if not any(d in r.estimates for r in mine)]
+        if any(r.estimates for r in mine) and unscored:
+            lines += ["", f"Not scored by this judge: {', '.join(dimension_title(d) for d in unscored)}."]
         for group in dict.fromkeys(r.group for r in mine):
             lines += ["", f"### {group}", ""] if group else [""]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -715,6 +741,6 @@ def write_judge_summary(
 
 def _summary_cell(e: Estimate | None) -> str:
     if e is None:
-        return "-"
+        return "—"
     cell = f"{e.mean:.2f} " + ("[—]" if e.low is None else f"[{e.low:.2f}, {e.high:.2f}]")
     return cell if e.seed_sd is None else f"{cell} sd {e.seed_sd:.2f}"

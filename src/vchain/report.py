@@ -106,7 +106,7 @@ TEMPLATE = """\
       {% for d in dimensions %}{% set e = row.estimates.get(d.name) %}
       <td>{% if e %}{{ "%.2f"|format(e.mean) }}
         <small>{% if e.low is not none %}[{{ "%.2f"|format(e.low) }}, {{ "%.2f"|format(e.high) }}]
-        {%- else %}[—]{% endif %}</small>{% else %}-{% endif %}</td>
+        {%- else %}[—]{% endif %}</small>{% else %}—{% endif %}</td>
       {% endfor %}
       <td>{{ row.requests }}</td><td>{{ row.input_tokens }} / {{ row.output_tokens }}</td>
     </tr>
@@ -132,7 +132,8 @@ TEMPLATE = """\
       <td>{{ row.variant }}</td><td>{{ row.runs }}</td><td>{{ "%g"|format(row.candidates) }}</td>
       <td>{{ "%.2f"|format(row.chosen) }}</td><td>{{ "%.2f"|format(row.first) }}</td>
       <td>{{ "%.2f"|format(row.low) }} to {{ "%.2f"|format(row.high) }}</td>
-      {% for d in dimensions %}<td>{{ "%.2f"|format(row.scores[d.name]) }}</td>{% endfor %}
+      {% for d in dimensions %}{% set value = row.scores[d.name] %}
+      <td>{% if value is none %}—{% else %}{{ "%.2f"|format(value) }}{% endif %}</td>{% endfor %}
     </tr>
     {% endfor %}
   </table>
@@ -194,8 +195,12 @@ TEMPLATE = """\
         <caption>{{ judged.judge }}</caption>
         {% for d in dimensions %}
         {% set value = judged.scores.score(d.name) %}
+        {% if value is none %}
+        <tr><th>{{ d.title }}</th><td class="score">—</td><td class="missing">not scored by this judge</td></tr>
+        {% else %}
         <tr><th>{{ d.title }}</th><td class="score score-{{ value }}">{{ value }}</td>
           <td>{{ judged.scores.reason(d.name) }}</td></tr>
+        {% endif %}
         {% endfor %}
       </table>
       {% if judged.frames %}
@@ -302,7 +307,7 @@ class _SearchRow:
     first: float
     low: float
     high: float
-    scores: dict[str, float]
+    scores: dict[str, float | None]  # None: the search judge does not score that dimension
 
 
 @dataclass
@@ -476,10 +481,14 @@ def _search_rows(outcomes: list[SearchOutcome], variants: list[str]) -> list[_Se
                 float(np.mean([o.first.objective for o in mine])),
                 float(np.mean([o.lowest for o in mine])),
                 float(np.mean([o.highest for o in mine])),
-                {d: float(np.mean([o.chosen.scores[d] for o in mine])) for d in DIMENSIONS},
+                {d: _mean([o.chosen.scores[d] for o in mine if d in o.chosen.scores]) for d in DIMENSIONS},
             )
         )
     return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _by_judge(rows: list[SummaryRow]) -> list[tuple[str, list[SummaryRow]]]:
@@ -496,8 +505,10 @@ def chart(rows: list[SummaryRow]) -> Markup:
     variants = [row for row in rows if row.estimates]
     if not variants:
         return Markup("")
+    # A dimension the judge does not score gets no group (an empty one would read as a missing result).
+    dimensions = [d for d in DIMENSIONS if any(d in row.estimates for row in variants)]
     top, plot_height, left, group_width = 16, 180, 36, max(112, 18 * len(variants) + 24)
-    width, height = left + group_width * len(DIMENSIONS) + 8, top + plot_height + 40 + 18 * len(variants)
+    width, height = left + group_width * len(dimensions) + 8, top + plot_height + 40 + 18 * len(variants)
 
     def y(score: float) -> float:
         return top + (5 - score) / 4 * plot_height
@@ -512,7 +523,7 @@ def chart(rows: list[SummaryRow]) -> Markup:
             f'<line x1="{left}" x2="{width - 8}" y1="{y(score):.1f}" y2="{y(score):.1f}" stroke="#ddd"/>'
             f'<text x="{left - 8}" y="{y(score) + 4:.1f}" text-anchor="end">{score}</text>'
         )
-    for i, dimension in enumerate(DIMENSIONS):
+    for i, dimension in enumerate(dimensions):
         x0 = left + i * group_width
         parts.append(
             f'<text x="{x0 + group_width / 2:.1f}" y="{top + plot_height + 16}" text-anchor="middle">'

@@ -1,5 +1,10 @@
 """The judge's answer: a video scored from 1 to 5 on the six dimensions of the paper's user study.
 
+A judge may score only some of them (the VideoScore2 judge scores three): a dimension it leaves out holds
+None as its score and its reason, and every summary shows it blank rather than as a number. The schema sent
+to a chat judge still asks for all six (None never appears in it), and `vchain.judging.ChatJudge` refuses
+an answer that leaves one out.
+
 It sits below `vchain.judging` so that `vchain.interfaces.Judge` can name it without importing the
 judging machinery (run folders, summaries).
 """
@@ -8,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from vchain.chain import _Answer
 from vchain.errors import ConfigurationError
@@ -47,31 +53,58 @@ class VideoScores(_Answer):
     # Strict: a score is an integer as sent, never a coerced `true` or `"4"`.
     model_config = ConfigDict(strict=True)
 
-    frame_quality_reason: str = _reason("frame_quality")
-    frame_quality: int = _score("frame_quality")
-    temporal_quality_reason: str = _reason("temporal_quality")
-    temporal_quality: int = _score("temporal_quality")
-    text_alignment_reason: str = _reason("text_alignment")
-    text_alignment: int = _score("text_alignment")
-    physics_reason: str = _reason("physics")
-    physics: int = _score("physics")
-    commonsense_reason: str = _reason("commonsense")
-    commonsense: int = _score("commonsense")
-    causality_reason: str = _reason("causality")
-    causality: int = _score("causality")
+    frame_quality_reason: str | SkipJsonSchema[None] = _reason("frame_quality")
+    frame_quality: int | SkipJsonSchema[None] = _score("frame_quality")
+    temporal_quality_reason: str | SkipJsonSchema[None] = _reason("temporal_quality")
+    temporal_quality: int | SkipJsonSchema[None] = _score("temporal_quality")
+    text_alignment_reason: str | SkipJsonSchema[None] = _reason("text_alignment")
+    text_alignment: int | SkipJsonSchema[None] = _score("text_alignment")
+    physics_reason: str | SkipJsonSchema[None] = _reason("physics")
+    physics: int | SkipJsonSchema[None] = _score("physics")
+    commonsense_reason: str | SkipJsonSchema[None] = _reason("commonsense")
+    commonsense: int | SkipJsonSchema[None] = _score("commonsense")
+    causality_reason: str | SkipJsonSchema[None] = _reason("causality")
+    causality: int | SkipJsonSchema[None] = _score("causality")
 
     @field_validator(*DIMENSIONS)
     @classmethod
-    def _on_the_scale(cls, value: int, info) -> int:
-        if not 1 <= value <= 5:
+    def _on_the_scale(cls, value: int | None, info) -> int | None:
+        if value is not None and not 1 <= value <= 5:
             raise ValueError(f"{info.field_name} must be an integer from 1 to 5, got {value}")
         return value
 
-    def score(self, dimension: str) -> int:
+    @model_validator(mode="after")
+    def _scored_with_reasons(self) -> VideoScores:
+        # A dimension is scored (a score and its reason) or left out (None for both); at least one is scored.
+        halves = [d for d in DIMENSIONS if (self.score(d) is None) != (self.reason(d) is None)]
+        if halves:
+            raise ValueError(f"{halves[0]} and {halves[0]}_reason must both be given or both be None")
+        if not self.dimensions:
+            raise ValueError("at least one dimension must be scored")
+        return self
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        """The dimensions this answer scores, in `DIMENSIONS` order (all six unless the judge scores fewer)."""
+        return tuple(d for d in DIMENSIONS if getattr(self, d) is not None)
+
+    def score(self, dimension: str) -> int | None:
+        """The score of `dimension`, None if the judge left it out."""
         return getattr(self, check_dimension(dimension))
 
-    def reason(self, dimension: str) -> str:
+    def reason(self, dimension: str) -> str | None:
         return getattr(self, f"{check_dimension(dimension)}_reason")
+
+    @classmethod
+    def partial(cls, scores: dict[str, int], reasons: dict[str, str]) -> VideoScores:
+        """Scores of some dimensions (`scores` and `reasons` keyed by dimension name); the others left out."""
+        unknown = sorted(set(scores) - set(DIMENSIONS))
+        if unknown:
+            raise ConfigurationError(f"scores must be keyed by dimensions among {list(DIMENSIONS)}, got {unknown}")
+        return cls(
+            **{d: scores.get(d) for d in DIMENSIONS},
+            **{f"{d}_reason": reasons.get(d) if d in scores else None for d in DIMENSIONS},
+        )
 
 
 def check_dimension(dimension: str) -> str:

@@ -42,6 +42,7 @@ from vchain.judging import (
     ScoreEntry,
     VideoScores,
     ask_judge,
+    judge_dimensions,
     judge_identity,
     read_scores,
 )
@@ -123,7 +124,10 @@ class SearchConfig(Config):
 
 
 def objective_score(scores: dict[str, int], objective: tuple[str, ...]) -> float:
-    """The mean of `scores` over the objective's dimensions."""
+    """The mean of `scores` over the objective's dimensions (a `VChainError` if the judge left one out)."""
+    missing = [d for d in objective if d not in scores]
+    if missing:
+        raise VChainError(f"the judge did not score the objective's {missing}; it scored {list(scores)}")
     return sum(scores[d] for d in objective) / len(objective)
 
 
@@ -283,8 +287,8 @@ class Search:
                     self.meter,
                     index=candidate.seed,
                 )
-                candidate.scores = {d: scores.score(d) for d in DIMENSIONS}
-                candidate.reasons = {d: scores.reason(d) for d in DIMENSIONS}
+                candidate.scores = {d: scores.score(d) for d in scores.dimensions}
+                candidate.reasons = {d: scores.reason(d) for d in scores.dimensions}
                 candidate.objective = objective_score(candidate.scores, self.config.objective)
                 self.run.save()
         finally:
@@ -321,7 +325,7 @@ class Search:
         `vchain judge` with the same judge asks nothing again; the calls they cost are in the manifest."""
         identity = judge_identity(self.pipe.judge, self.judging)
         key = fingerprint(identity)
-        scores = VideoScores(**winner.scores, **{f"{d}_reason": reason for d, reason in winner.reasons.items()})
+        scores = VideoScores.partial(winner.scores, winner.reasons)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         entry = ScoreEntry(
             key=key,
@@ -358,11 +362,28 @@ def check_search(search: object, judge: object, seed: object) -> SearchConfig | 
             f"search with candidates={search.candidates}, rounds={search.rounds} needs a judge to score the "
             "candidates: VChainPipeline(..., judge=OpenAIJudge()) (CLI: --judge)"
         )
+    check_objective(search.objective, judge_dimensions(judge), type(judge).__name__)
     if seed is None:
         raise ConfigurationError("search needs a seed (its candidates are seed, seed+1, ...), got seed=None")
     if seed + search.candidates - 1 >= 2**63:
         raise ConfigurationError(f"seed={seed} leaves no room for {search.candidates} candidate seeds below 2**63")
     return search
+
+
+def check_objective(objective: tuple[str, ...], scored: tuple[str, ...], judge: str) -> None:
+    """A `ConfigurationError` if the objective names a dimension the judge (named `judge`) does not score.
+
+    The objective ranks candidates by the judge's scores: a dimension the judge never scores cannot rank
+    them, and quietly dropping it would search for something else than was asked.
+    """
+    unscored = [d for d in objective if d not in scored]
+    if unscored:
+        usable = tuple(d for d in objective if d in scored) or tuple(scored)
+        raise ConfigurationError(
+            f"search objective {list(objective)} names {unscored}, which the judge {judge} does not score "
+            f"(it scores {list(scored)}); pass SearchConfig(objective={usable!r}) "
+            f"(CLI: --objective {' '.join(usable)})"
+        )
 
 
 def check_applies(search: SearchConfig, spec: Variant, output_dir: object, stop_after: str | None = None) -> None:

@@ -175,11 +175,14 @@ class BackendKind:
             alone and takes its model from a flag of its own (`--reasoner-model`) or the factory's default.
         checkpoint: a file the model's checkpoint holds (`"config.json"`) for a kind that loads weights:
             the id or folder is found before anything runs, and the component is built after every check.
+        dimensions: for a judge that scores only some of vchain's dimensions, those (its `dimensions`), so
+            that a search objective naming another is refused before anything loads; None: all six.
     """
 
     factory: Callable[..., Any]
     model: str = ""
     checkpoint: str | None = None
+    dimensions: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, entry: BackendKind | Callable[..., Any]) -> BackendKind:
@@ -265,6 +268,12 @@ def _transformers_judge(model: str, *, grid=False, dtype=None, device=None):
     return TransformersJudge.from_pretrained(model, grid=grid, dtype=dtype, device=device)
 
 
+def _videoscore2_judge(model: str, *, dtype=None, device=None):
+    from vchain.backends.videoscore2 import VideoScore2Judge
+
+    return VideoScore2Judge.from_pretrained(model, dtype=dtype, device=device)
+
+
 REASONERS: dict[str, BackendKind] = {
     "openai": BackendKind(_openai_reasoner),
     "transformers": BackendKind(_transformers_reasoner, model="ID_OR_DIR", checkpoint="config.json"),
@@ -276,4 +285,10 @@ IMAGE_BACKENDS: dict[str, BackendKind] = {
 JUDGES: dict[str, BackendKind] = {
     "openai": BackendKind(_openai_judge),
     "transformers": BackendKind(_transformers_judge, model="ID_OR_DIR", checkpoint="config.json"),
+    "videoscore2": BackendKind(
+        _videoscore2_judge,
+        model="ID_OR_DIR",
+        checkpoint="config.json",
+        dimensions=("frame_quality", "text_alignment", "physics"),
+    ),
 }
