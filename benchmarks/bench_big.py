@@ -2,7 +2,7 @@
 them: quantization, offloading and VAE tiling through `from_pretrained`, and sampling spread over GPUs.
 
     python benchmarks/bench_big.py --preset wan2.1-14b --quantization int8 --offload group --vae-tiling
-    torchrun --nproc_per_node 2 benchmarks/bench_big.py --preset wan2.1-14b --parallel cfg --skip-tuning
+    torchrun --standalone --nproc_per_node 2 benchmarks/bench_big.py --preset wan2.1-14b --parallel cfg
     python benchmarks/bench_big.py --preset cpu-tiny --quantization int8        # seconds on a CPU (CI runs it)
 
 The preset's random pipeline is saved once as a Diffusers checkpoint (`--checkpoints`, default a folder under
@@ -10,14 +10,16 @@ the system's temporary directory; 38 GB for the 14B preset with UMT5-XXL) and ev
 `WanVideoGenerator.from_pretrained(...)`, so the quantization and offloading are diffusers' own, as in a real
 run. Then: a tuning run of `--tune-steps` steps on the preset's keyframes (seconds per step between loss reads,
 peak memory), and `--rounds` sampling calls of `--sampling-steps` steps after one warm-up (seconds per call and
-per step, peak memory), the tuned adapter applied. Under `torchrun` every rank loads and samples; tuning runs
-once, on rank 0, as `vchain generate --parallel` does (`--skip-tuning` leaves it out); rank 0 reports.
+per step, peak memory), the tuned adapter applied. Under `torchrun` every rank loads and samples with the base
+model (no tuning: a merged adapter costs sampling nothing, and the ranks must hold the same weights); rank 0
+reports.
 Peak memory is `torch.cuda.max_memory_allocated` on a GPU (each rank's own), the peak RSS on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import tempfile
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
         device = rank_device(device) or device
     main_process = is_main_process()
     env = environment(device, __file__, argv)
-    folder = args.checkpoints / args.preset
+    # Named by the preset's shapes too: a checkpoint saved for other shapes is never picked up.
+    folder = args.checkpoints / f"{args.preset}-{hashlib.sha256(repr(preset).encode()).hexdigest()[:8]}"
     if main_process and not (folder / "model_index.json").exists():
         _save_checkpoint(preset, folder, args.device)
     if args.parallel:
@@ -85,12 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
     results["load_s"] = round(time.perf_counter() - start, 2)
 
     adapter = None
-    if not args.skip_tuning and main_process:
+    if not args.skip_tuning and not args.parallel:
         pairs = [
             (draw_image(f"keyframe {i}", preset.width, preset.height), f"keyframe {i} of the chain")
             for i in range(preset.keyframes)
         ]
         tuner = WanLoRATuner(steps=args.tune_steps, gradient_checkpointing=True, log_every=1)
+        tuner.set_progress_bar_config(disable=True)
         with PeakMemory(device) as peak:
             sync(device)
             start = time.perf_counter()

@@ -12,6 +12,13 @@
 #      (no LoRA, the LoRA file unfused, fused), and with the acceleration switches (regional compile and
 #      the first-block step cache; $ATTENTION if set) on vchain and on stock diffusers; the ratios.
 #   2. Wan2.1-14B shapes: tuning memory and speed with gradient checkpointing ($TUNE_14B steps).
+#   3. With BIG=1 (adds the most time: a random 14B checkpoint of 38 GB is saved once, then loaded through
+#      from_pretrained per row): Wan2.1-14B loaded with quantization int8, fp8 and nf4, each with group
+#      offloading and VAE tiling: tuning ($TUNE_BIG steps) and sampling, seconds and peak memory
+#      (benchmarks/bench_big.py).
+#   4. On a machine with 2 or more GPUs: Wan2.1-1.3B sampling on one GPU, then under torchrun with
+#      --parallel cfg (2 GPUs), ulysses (2, and 4 where there are 4) and ring (all GPUs): seconds per step and
+#      peak memory per GPU.
 #
 # A GPU machine without network access that has torch, transformers, peft and accelerate but not
 # diffusers or pydantic gets them as wheels in .whl/ (8.8 MB), fetched once where pip can reach PyPI, in
@@ -32,15 +39,18 @@ cd "$(dirname "$0")/.."
 STEPS=${STEPS:-2}          # denoising steps per sampling call (per-step times extrapolate to 50)
 ROUNDS=${ROUNDS:-2}        # timed, interleaved rounds after one warm-up round
 TUNE_14B=${TUNE_14B:-20}   # 14B tuning steps (two loss reads: one timed interval)
+TUNE_BIG=${TUNE_BIG:-4}    # tuning steps of each quantized 14B row (BIG=1)
+BIG=${BIG:-}               # 1: the quantized 14B rows
 ATTENTION=${ATTENTION:-}   # e.g. flash or sage, where its package travels too
 results=${OUT:-bench-gpu}
 
 if [[ "${1:-}" == "--tiny" ]]; then
-    small=cpu-tiny big=cpu-tiny
+    small=cpu-tiny big=cpu-tiny huge=cpu-tiny quantizations=(int8) gpus=2 parallel_preset=cpu-tiny BIG=1
     accelerate=(--compile --compile-backend eager --cache first-block)  # compile's plumbing, not inductor
     big_flags=(--gradient-checkpointing)
 else
-    small=wan2.1-1.3b big=wan2.1-14b
+    small=wan2.1-1.3b big=wan2.1-14b huge=wan2.1-14b quantizations=(int8 fp8 nf4) parallel_preset=wan2.1-1.3b
+    gpus=$(nvidia-smi -L | wc -l)
     accelerate=(--compile --cache first-block)
     big_flags=()
     if [[ -d .whl ]]; then
@@ -66,3 +76,35 @@ echo
 cat "$results/small/results.md"
 echo
 cat "$results/big/results.md"
+
+if [[ -n "$BIG" ]]; then
+    for q in "${quantizations[@]}"; do
+        python3 benchmarks/bench_big.py --preset "$huge" --quantization "$q" --offload group --vae-tiling \
+            --tune-steps "$TUNE_BIG" --out "$results/big-$q" > "$results/big-$q.log" 2>&1 \
+            || { tail -n 40 "$results/big-$q.log" >&2; exit 1; }
+        echo "# $huge $q done in $((SECONDS - start)) s"
+        echo
+        cat "$results/big-$q/results.md"
+    done
+fi
+
+if (( gpus >= 2 )); then
+    modes=("cfg 2")
+    if [[ "${1:-}" != "--tiny" ]]; then  # on a CPU only cfg runs (gloo): context parallelism needs CUDA and NCCL
+        modes+=("ulysses 2" "ring $gpus")
+        if (( gpus >= 4 )); then modes+=("ulysses 4"); fi
+    fi
+    python3 benchmarks/bench_big.py --preset "$parallel_preset" --skip-tuning --out "$results/one-gpu" \
+        > "$results/one-gpu.log" 2>&1 || { tail -n 40 "$results/one-gpu.log" >&2; exit 1; }
+    echo
+    cat "$results/one-gpu/results.md"
+    for mode in "${modes[@]}"; do
+        read -r name n <<< "$mode"
+        torchrun --standalone --nproc_per_node "$n" benchmarks/bench_big.py --preset "$parallel_preset" \
+            --parallel "$name" --out "$results/parallel-$name-$n" > "$results/parallel-$name-$n.log" 2>&1 \
+            || { tail -n 40 "$results/parallel-$name-$n.log" >&2; exit 1; }
+        echo "# --parallel $name on $n done in $((SECONDS - start)) s"
+        echo
+        cat "$results/parallel-$name-$n/results.md"
+    done
+fi
