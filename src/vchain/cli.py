@@ -408,13 +408,16 @@ def _launch(args, generation) -> int | None:
 
 
 def _add_search(parser: argparse.ArgumentParser) -> None:
+    from vchain.backends import JUDGES
     from vchain.search import SearchConfig
 
     group = parser.add_argument_group(
         "test-time search (several seeds scored by a judge; rounds re-plan the keyframes from its critique)"
     )
     _add_config_flags(group, (SearchConfig,), SEARCH_FLAGS)
-    group.add_argument("--judge", default=None, help="openai (default when searching) or transformers:ID_OR_DIR")
+    group.add_argument(
+        "--judge", default=None, help=f"{_forms(JUDGES)} (default when searching: {next(iter(JUDGES))})"
+    )
     group.add_argument("--judge-model", default=None, help="the OpenAI judge model (default: gpt-4o)")
     group.add_argument("--judge-base-url", default=None, help="the judge's server (default: OPENAI_BASE_URL)")
 

@@ -430,4 +430,5 @@ class Judge(Component):
 
     @abstractmethod
     def score(self, prompt: str, frames: Sequence[Image.Image]) -> VideoScores:
-        """Score the video whose sampled `frames` (in order) should show `prompt`, on the six dimensions."""
+        """Score the video whose sampled `frames` (in order) should show `prompt`, on the dimensions it
+        scores (all six of `vchain.scores`, or fewer: the others are left None)."""
