@@ -99,6 +99,26 @@ def test_generate_rejects_bad_settings_before_loading(tmp_path, capsys, monkeypa
     assert message in err and "Traceback" not in err
 
 
+def test_sample_reads_a_run_recorded_before_the_newer_caches(tiny_wan, tmp_path, capsys):
+    # Earlier runs recorded the first-block threshold (0.05) with no cache at all; a cache's knobs now belong to
+    # that cache only, so they carry over with it alone.
+    run = tmp_path / "run"
+    assert main(["generate", "An egg falls.", "-o", str(run), "--variant", "t2v", "--model", tiny_wan, *TINY]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    acceleration = manifest["stages"]["sampling"]["inputs"]["generator"]["acceleration"]
+    acceleration.update(cache_threshold=0.05)
+    del acceleration["cache_interval"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["sample", "-o", str(run), "--steps", "3"]) == 0
+    generator = json.loads((run / "manifest.json").read_text())["stages"]["sampling"]["inputs"]["generator"]
+    assert generator["acceleration"]["cache"] is None and generator["acceleration"]["cache_threshold"] is None
+    assert main(["sample", "-o", str(run), "--cache", "sea", "--cache-threshold", "0.5"]) == 0
+    assert main(["sample", "-o", str(run), "--cache", "taylorseer"]) == 0  # sea's threshold stays with sea
+    generator = json.loads((run / "manifest.json").read_text())["stages"]["sampling"]["inputs"]["generator"]
+    assert generator["acceleration"]["cache"] == "taylorseer" and generator["acceleration"]["cache_threshold"] is None
+
+
 def test_generate_with_the_acceleration_switches_records_them(tiny_wan, tmp_path, capsys):
     run = str(tmp_path / "run")
     switches = ["--cache", "taylorseer", "--cache-interval", "3", "--offload-text-encoder"]
