@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -70,7 +71,8 @@ def _launch(tiny_wan, tmp_path_factory, stack):
     server = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
     suite_server = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
     failing = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
-    failing.queue("chat", Fault.http(400, "the prompt was refused"))  # the first run's reasoning fails
+    # The reasoning of a generate, then of the first run of a suite, fails.
+    failing.queue("chat", Fault.http(400, "the prompt was refused"), Fault.http(400, "the prompt was refused"))
     port = _free_port()
     # Forked from this process, whose imports they share (a fresh interpreter would import torch and diffusers
     # again), with the environment torchrun gives its workers.
@@ -163,6 +165,13 @@ def test_a_suite_with_cfg_samples_every_run_on_both_ranks_and_rank_0_alone_write
     assert len(rows) == 3 and all(",done," in row for row in rows[1:])
     follower = (out / "suite-log-1.txt").read_text()
     assert follower.count("Loading the adapter tuned earlier") == 2 and "failed" not in follower
+
+
+def test_when_rank_0_fails_before_sampling_the_other_rank_stops_naming_its_error(launched):
+    _, _, out, _ = launched
+    (main_code, main_err), (code, err) = (json.loads((out / f"refused-{r}.json").read_text()) for r in (0, 1))
+    assert main_code == code == 1 and "the prompt was refused" in main_err
+    assert "rank 0 failed on" in err and "before sampling" in err and "the prompt was refused" in err
 
 
 def test_a_suite_run_that_fails_before_sampling_is_reported_by_rank_0_and_both_ranks_go_on(launched):
@@ -283,7 +292,7 @@ def _rank(rank: int, port: int, out: Path, model: str, run: str, url: str, suite
 def _worker(out: Path, model: str, run: str, url: str, suite_url: str, failing: str) -> None:
     """One rank of the launch: the library on the two-expert tiny Wan, then `vchain sample`, `vchain generate`
     (t2v, and vchain reasoning on the local OpenAI stand-in at `url`) and `vchain suite` (on `suite_url`, and on
-    `failing`, which refuses the first run's reasoning) with `--parallel cfg`."""
+    `failing`, which refuses the reasoning of a generate and of the suite's first run) with `--parallel cfg`."""
     import logging
 
     import torch.distributed as dist
@@ -333,6 +342,11 @@ def _worker(out: Path, model: str, run: str, url: str, suite_url: str, failing: 
     code = main([*_suite(out / "suite", model, suite_url), "--parallel", "cfg"])
     (out / f"suite-code-{rank}").write_text(str(code))
     suite.write_summary = write_summary
+    urls = ["--base-url", failing, "--image-base-url", failing]
+    refused = ["generate", PROMPT, "-o", str(out / "refused"), "--model", model, *TINY, *urls, "--parallel", "cfg"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(refused)
+    (out / f"refused-{rank}.json").write_text(json.dumps([code, err.getvalue()]))
     broken = _suite(out / "failing", model, failing)
     broken[broken.index("vchain")] = "no-visual-thought"
     (out / f"failing-code-{rank}").write_text(str(main([*broken, "--parallel", "cfg"])))
