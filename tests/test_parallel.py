@@ -1,5 +1,5 @@
 """`--parallel`: the CFG split on two gloo processes gives one process's frames, rank 0 alone writes the run
-folder, and bad launches are refused before anything loads.
+folder (and a suite's folders and summary), and bad launches are refused before anything loads.
 
 One launch of two ranks serves the whole file: two processes forked from the test process, each given the
 environment torchrun gives its workers (`_rank`).
@@ -8,6 +8,8 @@ environment torchrun gives its workers (`_rank`).
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import multiprocessing
 import os
@@ -24,7 +26,7 @@ import pytest
 
 from tests.conftest import SCHEMA
 from vchain.cli import main
-from vchain.testing import FakeOpenAIServer, tiny_wan_pipeline
+from vchain.testing import FakeOpenAIServer, Fault, tiny_wan_pipeline
 
 # A high guidance: the tiny random model's two branches differ little, and a wrong split must show.
 SIZE = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "3", "--dtype", "float32", "--guidance", "40"]
@@ -67,12 +69,19 @@ def _launch(tiny_wan, tmp_path_factory, stack):
     shutil.copytree(single, parallel)
     out.mkdir()
     server = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
+    suite_server = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
+    failing = stack.enter_context(FakeOpenAIServer(schema_path=SCHEMA))
+    # The reasoning of a generate, then of the first run of a suite, fails.
+    failing.queue("chat", Fault.http(400, "the prompt was refused"), Fault.http(400, "the prompt was refused"))
     port = _free_port()
     # Forked from this process, whose imports they share (a fresh interpreter would import torch and diffusers
     # again), with the environment torchrun gives its workers.
     fork = multiprocessing.get_context("fork")
     ranks = [
-        fork.Process(target=_rank, args=(rank, port, out, tiny_wan, str(parallel), server.base_url))
+        fork.Process(
+            target=_rank,
+            args=(rank, port, out, tiny_wan, str(parallel), server.base_url, suite_server.base_url, failing.base_url),
+        )
         for rank in range(2)
     ]
     for process in ranks:
@@ -86,6 +95,9 @@ def _launch(tiny_wan, tmp_path_factory, stack):
     )
     assert main(["sample", "-o", str(single), "--model", tiny_wan, *TINY]) == 0
     assert main(["generate", PROMPT, "-o", str(root / "t2v"), "--variant", "t2v", "--model", tiny_wan, *SIZE]) == 0
+    asked = len(suite_server.requests)
+    assert main(_suite(root / "suite", tiny_wan, suite_server.base_url)) == 0
+    (out / "suite-requests.json").write_text(json.dumps([asked, len(suite_server.requests) - asked]))
     yield single, parallel, out, server
 
 
@@ -130,6 +142,49 @@ def test_rank_0_alone_writes_the_folder_and_the_other_loads_its_adapter(launched
     assert "Loading the adapter tuned earlier" in follower and str(parallel) not in follower
 
 
+def test_a_suite_with_cfg_samples_every_run_on_both_ranks_and_rank_0_alone_writes(launched):
+    single, _, out, _ = launched
+    one, two = single.parent / "suite", out / "suite"
+    assert (out / "suite-code-0").read_text() == (out / "suite-code-1").read_text() == "0"
+    assert sorted(str(p.relative_to(two)) for p in two.rglob("*")) == sorted(
+        str(p.relative_to(one)) for p in one.rglob("*")
+    )
+    runs = sorted(p.parent.relative_to(two) for p in two.rglob("video.mp4"))
+    assert [run.name for run in runs] == ["vchain", "vchain"]
+    for run in runs:
+        a, b = iio.imread(one / run / "video.mp4"), iio.imread(two / run / "video.mp4")
+        assert a.shape == b.shape == (5, 32, 32, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+        manifest = json.loads((two / run / "manifest.json").read_text())
+        assert manifest["stages"]["sampling"]["inputs"]["generator"]["parallel"] == "cfg"
+    # Rank 0 alone asked the stand-in: as many requests as one process, every one in a run's manifest.
+    parallel_asked, single_asked = json.loads((out / "suite-requests.json").read_text())
+    recorded = sum(json.loads((two / run / "manifest.json").read_text())["usage"]["requests"] for run in runs)
+    assert parallel_asked == single_asked == recorded > 0
+    assert (out / "suite-summaries-0").read_text() == "1" and not (out / "suite-summaries-1").exists()
+    rows = (two / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",done," in row for row in rows[1:])
+    follower = (out / "suite-log-1.txt").read_text()
+    assert follower.count("Loading the adapter tuned earlier") == 2 and "failed" not in follower
+
+
+def test_when_rank_0_fails_before_sampling_the_other_rank_stops_naming_its_error(launched):
+    _, _, out, _ = launched
+    (main_code, main_err), (code, err) = (json.loads((out / f"refused-{r}.json").read_text()) for r in (0, 1))
+    assert main_code == code == 1 and "the prompt was refused" in main_err
+    assert "rank 0 failed on" in err and "before sampling" in err and "the prompt was refused" in err
+
+
+def test_a_suite_run_that_fails_before_sampling_is_reported_by_rank_0_and_both_ranks_go_on(launched):
+    _, _, out, _ = launched
+    # Rank 0 reports the failed run and exits 1; rank 1 skipped it with rank 0 and sampled the next.
+    assert [(out / f"failing-code-{rank}").read_text() for rank in (0, 1)] == ["1", "0"]
+    rows = list(csv.DictReader((out / "failing" / "summary.csv").read_text().splitlines()))
+    assert [row["status"] for row in rows] == ["failed", "done"]
+    assert (out / "failing" / rows[1]["run"] / "video.mp4").is_file()
+    assert "the prompt was refused" in (out / "suite-log-0.txt").read_text()
+    assert "failed" not in (out / "suite-log-1.txt").read_text()
+
+
 def test_cfg_splits_both_experts_of_wan2_2_through_the_library(launched):
     from vchain.backends.wan import WanVideoGenerator
 
@@ -147,10 +202,12 @@ def test_a_bad_launch_is_refused_before_torch_is_imported(tiny_wan, tmp_path):
         "guidance": ["generate", PROMPT, "-o", f"{tmp_path}/g", "--variant", "t2v", "--model", tiny_wan],
         "alone": ["generate", PROMPT, "-o", f"{tmp_path}/a", "--variant", "t2v", "--model", tiny_wan],
         "mode": ["sample", "-o", f"{tmp_path}/s", "--parallel", "tensor"],
-        "suite": ["suite", "-o", f"{tmp_path}/suite", "--demo", "--parallel", "cfg"],
+        "demo": ["suite", "-o", f"{tmp_path}/demo", "--demo", "--parallel", "cfg"],
+        "variants": ["suite", "-o", f"{tmp_path}/suite", "--variants", "t2v", "no-sparse-tuning", "--model", tiny_wan],
     }
     runs["guidance"] += ["--parallel", "cfg", "--guidance", "1"]
     runs["alone"] += ["--parallel", "cfg"]
+    runs["variants"] += ["--parallel", "cfg"]
     script = (
         "import contextlib, io, json, sys\nfrom vchain.cli import main\nruns = json.loads(sys.argv[1])\nseen = {}\n"
         "for name, argv in runs.items():\n    err = io.StringIO()\n    with contextlib.redirect_stderr(err):\n"
@@ -168,18 +225,22 @@ def test_a_bad_launch_is_refused_before_torch_is_imported(tiny_wan, tmp_path):
     assert "--parallel cfg" in seen["guidance"][1] and "guidance is 1.0" in seen["guidance"][1]
     assert "started alone" in seen["alone"][1] and "torchrun --nproc_per_node 2" in seen["alone"][1]
     assert "invalid choice: 'tensor'" in seen["mode"][1]
-    assert "--parallel does not apply to vchain suite" in seen["suite"][1]
+    assert "--parallel cfg does not go with --demo" in seen["demo"][1]
+    assert "--parallel cfg does not apply to --variants no-sparse-tuning" in seen["variants"][1]
 
 
 @pytest.mark.parametrize("mode", ["ulysses", "ring"])
 def test_context_parallelism_on_a_cpu_is_one_error_naming_cuda_and_nccl(mode, tiny_wan, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    argv = ["generate", PROMPT, "-o", str(tmp_path / "run"), "--variant", "t2v", "--model", tiny_wan, "--parallel"]
-    assert main([*argv, mode]) == 2
-    err = capsys.readouterr().err
-    assert f"--parallel {mode}" in err and "CUDA" in err and "NCCL" in err
-    assert not (tmp_path / "run").exists()
+    generate = ["generate", PROMPT, "-o", str(tmp_path / "run"), "--variant", "t2v", "--model", tiny_wan]
+    nowhere = ["--base-url", "http://127.0.0.1:9/v1", "--image-base-url", "http://127.0.0.1:9/v1"]  # never reached
+    suite = ["suite", "-o", str(tmp_path / "suite"), "--cases", "4", "--model", tiny_wan, *nowhere]
+    for argv in (generate, suite):
+        assert main([*argv, "--parallel", mode]) == 2
+        err = capsys.readouterr().err
+        assert f"--parallel {mode}" in err and "CUDA" in err and "NCCL" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "suite").exists()
 
 
 def test_context_parallelism_needs_a_transformer_diffusers_can_split():
@@ -211,24 +272,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rank(rank: int, port: int, out: Path, model: str, run: str, url: str) -> None:
+def _suite(root: Path, model: str, url: str) -> list[str]:
+    """Two cases of the paper's set, the full method, reasoning on the stand-in at `url`."""
+    urls = ["--base-url", url, "--image-base-url", url]
+    return ["suite", "-o", str(root), "--cases", "4,13", "--variants", "vchain", "--model", model, *TINY, *urls]
+
+
+def _rank(rank: int, port: int, out: Path, model: str, run: str, url: str, suite_url: str, failing: str) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     try:
-        _worker(out, model, run, url)
+        _worker(out, model, run, url, suite_url, failing)
     except BaseException:
         (out / "error.txt").write_text(traceback.format_exc())
         raise
 
 
-def _worker(out: Path, model: str, run: str, url: str) -> None:
-    """One rank of the launch: the library on the two-expert tiny Wan, then `vchain sample` and `vchain generate`
-    (t2v, and vchain reasoning on the local OpenAI stand-in at `url`) with `--parallel cfg`."""
+def _worker(out: Path, model: str, run: str, url: str, suite_url: str, failing: str) -> None:
+    """One rank of the launch: the library on the two-expert tiny Wan, then `vchain sample`, `vchain generate`
+    (t2v, and vchain reasoning on the local OpenAI stand-in at `url`) and `vchain suite` (on `suite_url`, and on
+    `failing`, which refuses the reasoning of a generate and of the suite's first run) with `--parallel cfg`."""
     import logging
 
     import torch.distributed as dist
 
+    from vchain import suite
     from vchain.backends.wan import WanVideoGenerator
     from vchain.parallel import init_process_group
 
@@ -260,4 +329,25 @@ def _worker(out: Path, model: str, run: str, url: str) -> None:
     urls = ["--base-url", url, "--image-base-url", url]
     vchain = ["generate", PROMPT, "-o", str(out / "vchain"), "--model", model, *TINY, *urls, "--parallel", "cfg"]
     (out / f"vchain-code-{rank}").write_text(str(main(vchain)))
+    logging.getLogger("vchain").removeHandler(log)
+    logging.getLogger("vchain").addHandler(logging.FileHandler(out / f"suite-log-{rank}.txt"))
+    write_summary = suite.write_summary
+
+    def counted(*args, **kwargs):
+        written = out / f"suite-summaries-{rank}"
+        written.write_text(str(int(written.read_text()) + 1 if written.exists() else 1))
+        return write_summary(*args, **kwargs)
+
+    suite.write_summary = counted
+    code = main([*_suite(out / "suite", model, suite_url), "--parallel", "cfg"])
+    (out / f"suite-code-{rank}").write_text(str(code))
+    suite.write_summary = write_summary
+    urls = ["--base-url", failing, "--image-base-url", failing]
+    refused = ["generate", PROMPT, "-o", str(out / "refused"), "--model", model, *TINY, *urls, "--parallel", "cfg"]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(refused)
+    (out / f"refused-{rank}.json").write_text(json.dumps([code, err.getvalue()]))
+    broken = _suite(out / "failing", model, failing)
+    broken[broken.index("vchain")] = "no-visual-thought"
+    (out / f"failing-code-{rank}").write_text(str(main([*broken, "--parallel", "cfg"])))
     dist.destroy_process_group()

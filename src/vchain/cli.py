@@ -636,7 +636,9 @@ def cmd_generate(args) -> int:
         check_applies(search.config, spec, args.output)
     reasoning = _Reasoning(args) if spec.reasoning is not None else None  # keys are checked before any load
     if args.parallel is not None:
-        _check_parallel_variant(spec, search.config)
+        from vchain.parallel import check_variant
+
+        check_variant(args.parallel, spec.name, search.config, argument="--parallel", variant_argument="--variant")
     rank = _launch(args, generation)
     if not rank:
         _check_folder(args.output, args.prompt.strip(), args.variant)
@@ -658,17 +660,9 @@ def cmd_generate(args) -> int:
     if rank is None:
         out = pipe(args.prompt, args.output, overwrite=args.overwrite, **run)
     else:
-        from vchain.parallel import run_on_ranks
-        from vchain.run import RunDirectory
+        from vchain.parallel import pipeline_on_ranks
 
-        def prepare(folder: Path) -> None:
-            last = "tuning" if spec.tuning else "reasoning" if spec.reasoning == "chain" else None
-            if last is not None:
-                pipe(args.prompt, folder, stop_after=last, overwrite=args.overwrite, **run)
-            elif args.overwrite:
-                RunDirectory(folder, args.prompt, variant=args.variant, overwrite=True).close()
-
-        out = run_on_ranks(args.output, lambda folder, _: pipe(args.prompt, folder, **run), prepare=prepare)
+        out = pipeline_on_ranks(pipe, args.prompt, args.output, overwrite=args.overwrite, **run)
         if rank:
             return EXIT_OK
     print(f"{args.variant}: {len(out.frames)} frames -> {out.video_path}")
@@ -677,21 +671,6 @@ def cmd_generate(args) -> int:
         judged = sum(len(r.candidates) for r in found.rounds)
         print(f"search: round {found.winner_round}, seed {found.winner_seed} is the best of {judged} candidate(s)")
     return EXIT_OK
-
-
-def _check_parallel_variant(spec, search) -> None:
-    """`--parallel` splits the generator's sampling; runs whose other stages would repeat on every rank (or
-    that do not sample with the generator) are refused."""
-    if search is not None:
-        raise ConfigurationError(
-            "--parallel does not go with a search (--candidates, --rounds): its judge and re-planning would run on "
-            "every process; search without --parallel"
-        )
-    if spec.reasoning == "augment" or spec.render == "interpolator":
-        what = "rewrites the prompt" if spec.reasoning == "augment" else "interpolates the keyframes"
-        raise ConfigurationError(
-            f"--parallel does not apply to --variant {spec.name}, which {what} (run it without --parallel)"
-        )
 
 
 def cmd_tune(args) -> int:
@@ -805,12 +784,18 @@ def cmd_suite(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     if seeds is not None and args.seed is not None:
         raise ConfigurationError("--seed and --seeds do not go together: give the one seed as --seeds N")
-    if args.parallel is not None:
-        raise ConfigurationError(
-            "--parallel does not apply to vchain suite, which already shares its runs out among the processes of a "
-            "launch (each takes its share); use --parallel with vchain generate or vchain sample"
-        )
     search = _Search(args)
+    if args.parallel is not None:
+        if args.demo:
+            raise ConfigurationError(
+                f"--parallel {args.parallel} does not go with --demo, whose tiny models sample on one process; give "
+                "--model (a Wan checkpoint) instead"
+            )
+        from vchain.parallel import check_variant
+
+        for variant in args.variants:
+            check_variant(args.parallel, variant, search.config, argument="--parallel", variant_argument="--variants")
+    rank = None
     if args.demo:
         fixed = (*REASONING_FLAGS, *SAMPLING_FLAGS, *TUNING_FLAGS, *ACCELERATION_FLAGS)
         models = (*REASONER_OPTIONS, *IMAGE_OPTIONS, *GENERATOR_OPTIONS, "offload_text_encoder")
@@ -830,11 +815,12 @@ def cmd_suite(args) -> int:
 
         generation, reasoning = _Generation(args), _Reasoning(args)
         seed = generation.seed
+        rank = _launch(args, generation)  # with --parallel: every rank samples every run; rank 0 alone reasons
 
         def make_pipeline():
             generator, tuner = generation.build()
             return VChainPipeline(
-                *reasoning.build(),
+                *(reasoning.build() if not rank else (None, None)),
                 generator,
                 tuner,
                 reasoning=reasoning.config,
@@ -843,8 +829,18 @@ def cmd_suite(args) -> int:
             )
 
     runs = run_suite(
-        make_pipeline, args.output, cases, args.variants, prompts=prompts, seed=seed, seeds=seeds, search=search.config
+        make_pipeline,
+        args.output,
+        cases,
+        args.variants,
+        prompts=prompts,
+        seed=seed,
+        seeds=seeds,
+        search=search.config,
+        parallel=args.parallel,
     )
+    if rank:
+        return EXIT_OK  # rank 0 reports
     print(f"this process ran {len(runs)} run(s); summary in {args.output / 'summary.md'}")
     unfinished = unfinished_runs(runs)
     if unfinished:

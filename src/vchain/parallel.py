@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vchain.errors import ConfigurationError
+from vchain._redact import redact
+from vchain.errors import ConfigurationError, VChainError
 
 PARALLEL_MODES = ("cfg", "ulysses", "ring")
 # Pipelines whose __call__ runs the transformer once per guidance branch (cond, then uncond): the ones `cfg`
@@ -64,6 +65,28 @@ def check_sampling(mode: str | None, *, guidance_scale: float, pipeline_class: s
         raise ConfigurationError(
             f"{named} needs a pipeline that runs each guidance branch in its own transformer call "
             f"({', '.join(CFG_SPLIT_PIPELINES)}); {pipeline_class} batches them"
+        )
+
+
+def check_variant(
+    mode: str, variant: str, search: object = None, *, argument: str = "parallel", variant_argument: str = "variant"
+) -> None:
+    """`mode` splits the generator's sampling: a run whose other stages would repeat on every rank (a search's
+    judge and re-planning, a prompt rewrite) or that does not sample with the generator is refused."""
+    from vchain.variants import get_variant
+
+    spec = get_variant(variant)
+    if search is not None:
+        how = "--candidates, --rounds" if argument.startswith("--") else "search="
+        raise ConfigurationError(
+            f"{_named(argument, mode)} does not go with a search ({how}): its judge and re-planning would run on "
+            f"every process; search without {argument}"
+        )
+    if spec.reasoning == "augment" or spec.render == "interpolator":
+        what = "rewrites the prompt" if spec.reasoning == "augment" else "interpolates the keyframes"
+        raise ConfigurationError(
+            f"{_named(argument, mode)} does not apply to {_named(variant_argument, spec.name)}, which {what} (run "
+            f"it without {argument})"
         )
 
 
@@ -240,22 +263,49 @@ def _like(sample, return_dict: bool):
 # ----------------------------------------------------------------------------------------- run folders
 
 
-def run_on_ranks(output: Path, run: Callable[[Path, bool], T], *, prepare: Callable[[Path], Any] | None = None) -> T:
+class PrepareFailed(VChainError):
+    """On a rank other than 0: rank 0's part of a run folder (`prepare` in `run_on_ranks`) failed."""
+
+
+def run_on_ranks(
+    output: Path,
+    run: Callable[[Path, bool], T],
+    *,
+    prepare: Callable[[Path], Any] | None = None,
+    prepare_failed: Callable[[str], T] | None = None,
+) -> T:
     """A run-folder command on every rank, rank 0 alone writing `output`.
 
     Rank 0 first calls `prepare(output)`: the stages that cost money or must happen once (reasoning, tuning),
     which the other ranks then read rather than redo. Then each rank calls `run(folder, main)`: rank 0 on
     `output`, the others on a private copy of it made once `prepare` is done, deleted afterwards.
+
+    Every rank learns that `prepare` failed: rank 0 raises the error and the others `PrepareFailed` naming it;
+    with `prepare_failed`, none raises and each returns `prepare_failed(message)` instead. Either way the ranks
+    are still in step and may go on to another folder together. A failure in `run` leaves them out of step (the
+    others may wait in a collective that rank never reaches): it must end the launch.
     """
     import torch.distributed as dist
 
     if dist.get_rank() == 0:
-        if prepare is not None:
-            prepare(output)
-        dist.barrier()  # the folder holds what the others copy
+        try:
+            if prepare is not None:
+                prepare(output)
+        except Exception as e:
+            message = redact(f"{type(e).__name__}: {e}")
+            dist.broadcast_object_list([message], src=0)
+            if prepare_failed is None:
+                raise
+            return prepare_failed(message)
+        dist.broadcast_object_list([None], src=0)  # the folder holds what the others copy
         dist.barrier()  # they copied it
         return run(output, True)
-    dist.barrier()
+    failure: list[str | None] = [None]
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        if prepare_failed is not None:
+            return prepare_failed(failure[0])
+        raise PrepareFailed(f"rank 0 failed on {str(output)!r} before sampling: {failure[0]}")
     with tempfile.TemporaryDirectory(prefix=f"vchain-rank{dist.get_rank()}-") as scratch:
         copy = Path(scratch) / "run"
         if output.is_dir():
@@ -264,3 +314,40 @@ def run_on_ranks(output: Path, run: Callable[[Path, bool], T], *, prepare: Calla
             shutil.copytree(output, copy, symlinks=True, ignore=shutil.ignore_patterns(LOCK_FILE))
         dist.barrier()
         return run(copy, False)
+
+
+def pipeline_on_ranks(
+    pipe,
+    prompt: str,
+    output: Path,
+    *,
+    variant: str,
+    overwrite: bool = False,
+    before: Callable[[Path], Any] | None = None,
+    prepare_failed: Callable[[str], Any] | None = None,
+    **call: Any,
+):
+    """`pipe(prompt, output, variant=variant, **call)` on every rank of the launch, sharing the folder as
+    `run_on_ranks` does: rank 0 first calls `before(output)` (if given) and runs alone the stages before sampling
+    that the variant has (reasoning, tuning; with `overwrite`, the folder started over); then every rank runs
+    the pipeline on its folder, which reuses those stages, and they sample together."""
+    from vchain.run import RunDirectory
+    from vchain.variants import get_variant
+
+    spec = get_variant(variant)
+    last = "tuning" if spec.tuning else "reasoning" if spec.reasoning == "chain" else None
+
+    def prepare(folder: Path) -> None:
+        if before is not None:
+            before(folder)
+        if last is not None:
+            pipe(prompt, folder, variant=variant, stop_after=last, overwrite=overwrite, **call)
+        elif overwrite:
+            RunDirectory(folder, prompt, variant=variant, overwrite=True).close()
+
+    return run_on_ranks(
+        output,
+        lambda folder, _: pipe(prompt, folder, variant=variant, **call),
+        prepare=prepare,
+        prepare_failed=prepare_failed,
+    )

@@ -5,10 +5,15 @@ dealt by work (`shard`): the costliest first, each to the process with the least
 runs spread over all processes (one GPU each; on a machine without GPUs the processes run on the CPU);
 the main process then writes `summary.csv` and `summary.md`. Runs resume like any run folder, so a suite that
 was stopped picks up where it left off.
+
+With `parallel` (`vchain suite --parallel cfg|ulysses|ring`) the processes share each video instead: every rank
+goes through every run, in plan order, and they sample it together (`vchain.parallel.pipeline_on_ranks`, as
+`vchain generate --parallel` does): rank 0 alone reasons, tunes, writes the run folders and the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -187,6 +192,7 @@ def run_suite(
     seed: int = 0,
     seeds: Sequence[int] | None = None,
     search: SearchConfig | None = None,
+    parallel: str | None = None,
 ) -> list[SuiteRun]:
     """Run this process's share of cases x variants (x seeds); the main process then writes the summary.
 
@@ -195,6 +201,11 @@ def run_suite(
     after the process knows its device. A failing run is logged and recorded in its manifest; the others
     go on. Returns the runs this process executed. With
     `search`, each variant searches as far as it can (`vchain.search.for_variant`; the pipeline needs a judge).
+
+    With `parallel` (the mode the pipeline's generator samples with, on a started process group), every rank
+    executes every run and rank 0 alone writes; the pipeline of the other ranks needs no reasoner. A run whose
+    reasoning or tuning fails is recorded and every rank goes on to the next; a failure while sampling ends the
+    launch (the ranks are out of step), and the same command resumes.
     """
     from vchain.pipeline import check_seed
     from vchain.run import check_output_dir
@@ -220,39 +231,94 @@ def run_suite(
 
     cases = list(range(len(prompts))) if cases is None else list(cases)
     runs = plan_runs(root, cases, variants, prompts, seeds=seeds, seed=seed)
-    # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU) under torchrun.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    mine = shard(runs, state.num_processes)[state.process_index]
-    logger.info("Process %d/%d takes %d of %d runs", state.process_index, state.num_processes, len(mine), len(runs))
+    if parallel is None:
+        # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU) under torchrun.
+        state = PartialState(cpu=not torch.cuda.is_available())
+        rank, mine = state.process_index, shard(runs, state.num_processes)[state.process_index]
+        logger.info("Process %d/%d takes %d of %d runs", rank, state.num_processes, len(mine), len(runs))
+    else:
+        import torch.distributed as dist
+
+        from vchain.parallel import check_mode, check_variant, require_process_group
+
+        check_mode(parallel)
+        for variant in variants:
+            check_variant(parallel, variant, search, variant_argument="variants")
+        require_process_group(parallel)
+        rank, mine = dist.get_rank(), runs
+        logger.info("Rank %d of %d samples all %d runs (%s)", rank, dist.get_world_size(), len(runs), parallel)
     pipe = make_pipeline()
+    if parallel is not None:
+        from vchain.pipeline import check_keyframe_conditioned
+
+        # Found at a guided run's sampling, this would end the launch: refused before any run instead.
+        for variant in variants:
+            if VARIANTS[variant].guided:
+                check_keyframe_conditioned(pipe.generator, variant)
     outcomes = []
     for run in mine:
+        error = None
         try:
-            with hold(run.path):
-                # The case is recorded first, so that even a run that fails says which case and seed it was.
-                with RunDirectory(run.path, run.prompt, variant=run.variant) as folder:
-                    if folder.manifest.case != run.record():
-                        folder.manifest.case = run.record()
-                        folder.save()
-                pipe(
-                    run.prompt,
-                    run.path,
-                    variant=run.variant,
-                    seed=run.seed,
-                    search=for_variant(search, VARIANTS[run.variant]),
-                )
-            outcomes.append({"run": run.id, "status": "done"})
+            if parallel is None:
+                with hold(run.path):
+                    _record_case(run)
+                    pipe(
+                        run.prompt,
+                        run.path,
+                        variant=run.variant,
+                        seed=run.seed,
+                        search=for_variant(search, VARIANTS[run.variant]),
+                    )
+            else:
+                error = _run_on_ranks(pipe, run)
         except Exception as e:  # one broken case must not stop the suite
-            logger.error("Run %s failed: %s", run.id, e)
-            outcomes.append({"run": run.id, "status": "failed", "error": redact(str(e))})
+            if parallel is not None:
+                raise  # a failure while sampling: the other ranks may be waiting in a collective
+            error = redact(str(e))
+        if error is None:
+            outcomes.append({"run": run.id, "status": "done"})
+            continue
+        if rank == 0:
+            logger.error("Run %s failed: %s", run.id, error)
+        outcomes.append({"run": run.id, "status": "failed", "error": error})
+    if parallel is not None and rank != 0:
+        return mine
     shards = Path(root) / ".shards"
     if shards.is_symlink():
         raise ConfigurationError(f"{str(shards)!r} is a symlink; vchain refuses to write through it")
-    _io.write_json(shards / f"process_{state.process_index}.json", outcomes)
-    state.wait_for_everyone()
-    if state.is_main_process:
+    _io.write_json(shards / f"process_{rank}.json", outcomes)
+    if parallel is None:
+        state.wait_for_everyone()
+    if rank == 0:
         write_summary(root, runs)
     return mine
+
+
+def _record_case(run: SuiteRun) -> None:
+    """The case recorded in the run's manifest first, so that even a run that fails says which case and seed
+    it was."""
+    with RunDirectory(run.path, run.prompt, variant=run.variant) as folder:
+        if folder.manifest.case != run.record():
+            folder.manifest.case = run.record()
+            folder.save()
+
+
+def _run_on_ranks(pipe, run: SuiteRun) -> str | None:
+    """`run` on every rank of the launch, rank 0 holding its folder's lock and recording the case; the error
+    (on every rank) if rank 0 failed before sampling, None once the run is done."""
+    from vchain.parallel import pipeline_on_ranks
+
+    failure: list[str] = []
+    with contextlib.ExitStack() as held:
+
+        def claim(folder: Path) -> None:
+            held.enter_context(hold(folder))
+            _record_case(run)
+
+        pipeline_on_ranks(
+            pipe, run.prompt, run.path, variant=run.variant, seed=run.seed, before=claim, prepare_failed=failure.append
+        )
+    return failure[0] if failure else None
 
 
 SUMMARY_COLUMNS = (
