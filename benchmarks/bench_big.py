@@ -72,13 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vae_tiling": args.vae_tiling,
         "parallel": args.parallel,
     }
-    sampling = dict(
-        height=preset.height,
-        width=preset.width,
-        num_frames=preset.num_frames,
-        num_inference_steps=args.sampling_steps,
-        max_sequence_length=preset.text_tokens,
-    )
+    sampling = preset.sampling(args.sampling_steps)
     start = time.perf_counter()
     generator = WanVideoGenerator.from_pretrained(
         str(folder), dtype=getattr(torch, preset.dtype), device=device, **options, **sampling

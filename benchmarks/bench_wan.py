@@ -83,13 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(_header(env, preset.note), flush=True)
     pipe = build_pipeline(preset, device)
     steps = args.sampling_steps or preset.steps
-    sampling = dict(
-        height=preset.height,
-        width=preset.width,
-        num_frames=preset.num_frames,
-        num_inference_steps=steps,
-        max_sequence_length=preset.text_tokens,
-    )
+    sampling = preset.sampling(steps)
     generator = WanVideoGenerator(pipe, **sampling)
     config = dict(pipe.transformer.config)
     results: dict = {"environment": env, "preset": args.preset, "sizes": sampling, "keyframes": preset.keyframes}

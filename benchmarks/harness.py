@@ -80,6 +80,16 @@ class Preset:
     dtype: str = "bfloat16"
     note: str = ""
 
+    def sampling(self, steps: int | None = None) -> dict:
+        """`WanSamplingConfig` fields for the preset's video, with `steps` denoising steps (default: its own)."""
+        return dict(
+            height=self.height,
+            width=self.width,
+            num_frames=self.num_frames,
+            num_inference_steps=steps or self.steps,
+            max_sequence_length=self.text_tokens,
+        )
+
 
 PRESETS = {
     "cpu-tiny": Preset(

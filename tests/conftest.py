@@ -20,6 +20,16 @@ def _no_ambient_openai_env(monkeypatch):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
 
 
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory) -> str:
+    """A tiny random Wan saved like a hub checkpoint, for `--model` and `from_pretrained` (never written to)."""
+    from vchain.testing import tiny_wan_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_wan")
+    tiny_wan_pipeline().save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture
 def server():
     from vchain.testing import FakeOpenAIServer

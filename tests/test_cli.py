@@ -9,7 +9,6 @@ import imageio.v3 as iio
 import pytest
 
 from vchain.cli import main
-from vchain.testing import tiny_wan_pipeline
 
 TINY = ["--height", "32", "--width", "32", "--frames", "5", "--steps", "2", "--dtype", "float32"]
 
@@ -19,10 +18,8 @@ def env_without_openai():
 
 
 @pytest.fixture(scope="module")
-def tiny_wan(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_wan")
-    tiny_wan_pipeline().save_pretrained(folder)
-    return str(folder)
+def tiny_wan(tiny_wan_dir) -> str:
+    return tiny_wan_dir
 
 
 def test_think_in_process_against_a_local_server(server, tmp_path, capsys):

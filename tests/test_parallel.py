@@ -42,10 +42,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_wan(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny_wan")
-    tiny_wan_pipeline().save_pretrained(folder)
-    return str(folder)
+def tiny_wan(tiny_wan_dir) -> str:
+    return tiny_wan_dir
 
 
 @pytest.fixture(scope="module")

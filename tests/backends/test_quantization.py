@@ -23,10 +23,8 @@ PAIRS = [(draw_image(caption, 32, 32), caption) for caption in ("a red egg on th
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_wan")
-    tiny_wan_pipeline().save_pretrained(folder)
-    return str(folder)
+def saved(tiny_wan_dir) -> str:
+    return tiny_wan_dir
 
 
 def load(saved, **options):

@@ -86,16 +86,6 @@ def bomb_png() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def tiny_wan_dir(tmp_path_factory) -> str:
-    """A tiny random Wan saved like a hub checkpoint, for `--model`."""
-    from vchain.testing import tiny_wan_pipeline
-
-    folder = tmp_path_factory.mktemp("tiny_wan")
-    tiny_wan_pipeline().save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="session")
 def wan():
     """A tiny Wan generator (32x32, one frame, two steps), shared: every test leaves it as it found it."""
     from vchain.backends.wan import WanVideoGenerator
