@@ -427,10 +427,10 @@ class VChainPipeline:
     def _tune_step(self, run, chain: ThoughtChain) -> Adapter:
         inputs = None
         if self.generator is not None and self.tuner is not None:
-            # What tuning depends on: the model, not how it samples (settings, acceleration switches, parallel).
-            identity = {
-                k: v for k, v in self.generator.describe().items() if k not in ("config", "acceleration", "parallel")
-            }
+            # What tuning depends on: the model, not how it samples (settings, acceleration switches, parallel) nor
+            # where its weights wait between uses (offloading moves them and computes the same).
+            ignored = ("config", "acceleration", "parallel", "offload")
+            identity = {k: v for k, v in self.generator.describe().items() if k not in ignored}
             tokens = self.generator.prompt_tokens("")
             inputs = {
                 "chain": fingerprint(run.record("reasoning").outputs) if run.path else None,

@@ -144,6 +144,22 @@ def test_the_cli_loads_a_quantized_offloaded_model_and_sampling_again_keeps_the_
     assert generator["quantization"] == "int8" and "offload" not in generator and "vae_tiling" not in generator
 
 
+def test_a_resumed_run_offloaded_now_keeps_its_adapter_and_samples_again(saved, tmp_path, monkeypatch):
+    from vchain import VChainPipeline
+    from vchain.testing import DrawingImageBackend, ScriptedReasoner
+
+    tuner = WanLoRATuner(steps=2)
+    tunes = []
+    tune = tuner.tune
+    monkeypatch.setattr(tuner, "tune", lambda *args, **kwargs: tunes.append(1) or tune(*args, **kwargs))
+    for offload in (None, "group"):  # offloading changes where the weights wait, not what tuning computes
+        reasoner = ScriptedReasoner(["The egg lands.", "The egg rests."])
+        VChainPipeline(reasoner, DrawingImageBackend(), load(saved, offload=offload), tuner)("An egg falls.", tmp_path)
+    assert tunes == [1]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["sampling"]["inputs"]["generator"]["offload"] == "group"
+
+
 @pytest.mark.parametrize("flags", [["--quantization", "int4"], ["--offload", "disk"]])
 def test_the_cli_refuses_unknown_memory_options(flags, tmp_path, capsys):
     from vchain.cli import main
