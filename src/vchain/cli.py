@@ -404,6 +404,10 @@ def _launch(args, generation) -> int | None:
     rank, _ = check_launch(args.parallel, device=generation.device)
     init_process_group(generation.device)
     generation.parallel = args.parallel
+    if rank:  # rank 0 shows the progress; the others' log lines say whose they are
+        os.environ["TQDM_DISABLE"] = "1"
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s %(name)s: %(message)s"))
     return rank
 
 
