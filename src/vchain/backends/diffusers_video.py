@@ -156,10 +156,7 @@ class DiffusersVideoGenerator(TunableGenerator):
         self.offload_text_encoder = _checked_flag(offload_text_encoder, "offload_text_encoder")
         if offload_text_encoder:
             pipeline.text_encoder.to("cpu")
-        self.parallel = check_mode(parallel)
-        if parallel is not None:
-            check_sampling(parallel, guidance_scale=self.config.guidance_scale, pipeline_class=self.pipeline_class)
-            require_process_group(parallel)
+        self.parallel = self._parallel(parallel, self.config.guidance_scale)
         self.model_id: str | None = getattr(pipeline, "name_or_path", None)
         # Which weights: set by from_pretrained (a hub commit or a folder); unknown for a wrapped pipeline.
         self.weights: dict | None = None
@@ -212,11 +209,7 @@ class DiffusersVideoGenerator(TunableGenerator):
             k: v for k, v in settings.items() if k not in switches and k not in ("offload_text_encoder", "parallel")
         }
         config = cls.sampling_class(**sampling).check()
-        if check_mode(settings.get("parallel")) is not None:
-            check_sampling(
-                settings["parallel"], guidance_scale=config.guidance_scale, pipeline_class=cls.pipeline_class
-            )
-            require_process_group(settings["parallel"])
+        cls._parallel(settings.get("parallel"), config.guidance_scale)
         _checked_flag(settings.get("offload_text_encoder", False), "offload_text_encoder")
         if dtype is not None and torch_dtype is not None:
             raise ConfigurationError("pass dtype= or its older name torch_dtype=, not both")
@@ -268,6 +261,15 @@ class DiffusersVideoGenerator(TunableGenerator):
                 f"not give it the scheduler's steps); its step caches: {', '.join(cls.step_caches)}"
             )
         return acceleration
+
+    @classmethod
+    def _parallel(cls, parallel: object, guidance_scale: float) -> str | None:
+        """The checked parallel mode: one the family and the guidance allow, with its process group started."""
+        mode = check_mode(parallel)
+        if mode is not None:
+            check_sampling(mode, guidance_scale=guidance_scale, pipeline_class=cls.pipeline_class)
+            require_process_group(mode)
+        return mode
 
     @classmethod
     def _check_checkpoint(cls, model_id: str, source: dict) -> None:
